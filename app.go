@@ -1,0 +1,167 @@
+package oxianhv
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/oxian-hv/oxian-hv/workerpool"
+)
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// pools holds the running worker pools of the process, keyed by the
+// identity of what they run. It outlives config reloads: a reload whose
+// pool runs the same command, in the same directory, with the same
+// environment keeps the same processes.
+var pools = caddy.NewUsagePool()
+
+// reloadDrain is how long a pool that leaves the config lets its requests
+// in flight finish before its workers are stopped.
+const reloadDrain = 30 * time.Second
+
+// App is the `oxian` app: it owns the worker pools that the `oxian_hv`
+// handlers of a config use. Handlers register their pools while they are
+// provisioned; the app starts them, or takes over the running pool from
+// the previous config, when Caddy starts the config, so that validating a
+// config starts no process. It needs no configuration of its own.
+type App struct {
+	logger *zap.Logger
+
+	mu       sync.Mutex
+	handles  map[string]*poolHandle
+	acquired []string
+	started  chan struct{}
+}
+
+// poolHandle is a handler's way to its pool, which exists only once the
+// app has started.
+type poolHandle struct {
+	key     string
+	spec    workerpool.Spec
+	pool    atomic.Pointer[workerpool.Pool]
+	started <-chan struct{}
+}
+
+// current returns the pool, waiting for the app to start for at most as
+// long as ctx allows; nil means the app has not started.
+func (ph *poolHandle) current(ctx context.Context) *workerpool.Pool {
+	if p := ph.pool.Load(); p != nil {
+		return p
+	}
+	select {
+	case <-ph.started:
+	case <-ctx.Done():
+	}
+	return ph.pool.Load()
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "oxian",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets up the app.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.handles = make(map[string]*poolHandle)
+	a.started = make(chan struct{})
+	return nil
+}
+
+// register records the pool a handler needs and returns the handle
+// through which it reaches it. Handlers with the same spec share a pool.
+func (a *App) register(spec workerpool.Spec) *poolHandle {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := spec.Identity()
+	if ph, ok := a.handles[key]; ok {
+		ph.spec = spec
+		return ph
+	}
+	ph := &poolHandle{key: key, spec: spec, started: a.started}
+	a.handles[key] = ph
+	return ph
+}
+
+// Start starts the registered pools, or takes over those the previous
+// config already runs and applies the new settings to them.
+func (a *App) Start() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	defer close(a.started)
+
+	for key, ph := range a.handles {
+		spec := ph.spec
+		val, loaded, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
+			return &poolEntry{Pool: workerpool.New(spec, a.logger)}, nil
+		})
+		if err != nil {
+			return fmt.Errorf("starting pool of project %s: %v", spec.Project, err)
+		}
+		a.acquired = append(a.acquired, key)
+		pool := val.(*poolEntry).Pool
+		if loaded {
+			pool.Reconfigure(spec)
+			a.logger.Info("keeping running worker pool",
+				zap.String("project", spec.Project),
+				zap.Int("workers", spec.Workers))
+		} else {
+			pool.Start()
+		}
+		ph.pool.Store(pool)
+	}
+	return nil
+}
+
+// Stop does nothing: pools stop when no config uses them any more.
+func (a *App) Stop() error { return nil }
+
+// Cleanup lets go of the pools this config used; a pool that no config
+// uses any more drains and stops.
+func (a *App) Cleanup() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, key := range a.acquired {
+		if _, err := pools.Delete(key); err != nil {
+			a.logger.Error("releasing worker pool", zap.Error(err))
+		}
+	}
+	a.acquired = nil
+	return nil
+}
+
+// poolEntry puts a pool in the usage pool.
+type poolEntry struct {
+	*workerpool.Pool
+}
+
+// Destruct stops the pool once no config uses it: when Caddy exits it
+// waits for the workers to end; on a reload it lets them drain in the
+// background.
+func (pe *poolEntry) Destruct() error {
+	if caddy.Exiting() {
+		pe.Close("shutdown", 0, true)
+		return nil
+	}
+	pe.Close("config reload", reloadDrain, false)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Destructor   = (*poolEntry)(nil)
+)

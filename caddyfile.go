@@ -1,0 +1,380 @@
+package oxianhv
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("oxian_hv", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("oxian_hv", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// The subdirectives allowed in each block, in the order they are documented.
+var (
+	topSubdirectives      = []string{"project", "command", "dir", "env", "workers", "worker_base_port", "stop_grace", "strategy", "sticky_header", "health", "proxy", "timeouts"}
+	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
+	proxySubdirectives    = []string{"timeout", "pass_request_id", "forward_headers"}
+	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
+)
+
+// requestPortPlaceholder is what the Caddyfile adapter turns the shorthand
+// `{port}` into before directives see their tokens.
+const requestPortPlaceholder = "{http.request.port}"
+
+// parseCaddyfile sets up the handler from Caddyfile tokens.
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return handler, nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	oxian_hv [<command> [<args...>]] {
+//	    project          <name>
+//	    command          <program> [<args...>]
+//	    dir              <path>
+//	    env              <key> <value>
+//	    workers          <n>|auto
+//	    worker_base_port <port>
+//	    stop_grace       <duration>
+//	    strategy         round_robin|least_busy|sticky
+//	    sticky_header    <header>
+//	    health {
+//	        path          <path>
+//	        method        GET|HEAD
+//	        interval      <duration>
+//	        timeout       <duration>
+//	        start_timeout <duration>
+//	        fails         <n>
+//	    }
+//	    proxy {
+//	        timeout         <duration>
+//	        pass_request_id [true|false]
+//	        forward_headers <header...>
+//	    }
+//	    timeouts {
+//	        connect <duration>
+//	        headers <duration>
+//	        idle    <duration>
+//	        total   <duration>
+//	    }
+//	}
+//
+// The command may be given on the directive line instead of with the
+// `command` subdirective. `env` may be repeated, once per variable, and
+// `forward_headers` may be repeated to add more headers. `pass_request_id`
+// without an argument means `true`.
+//
+// The Caddyfile adapter expands the shorthand `{port}` to the request
+// placeholder `{http.request.port}` before this directive sees it. A worker
+// command runs outside of any request, so in `command` arguments and `env`
+// values `{http.request.port}` is turned back into `{port}`, which the pool
+// replaces with the worker's own port when it starts the worker.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+
+	// command shorthand on the directive line
+	if args := d.RemainingArgs(); len(args) > 0 {
+		h.Command = workerPlaceholders(args)
+	}
+
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "project":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			h.Project = v
+
+		case "command":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Command = workerPlaceholders(args)
+
+		case "dir":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			h.Dir = v
+
+		case "env":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			key := args[0]
+			if key == "" || strings.ContainsAny(key, "=\x00") {
+				return d.Errf("env: invalid variable name %q", key)
+			}
+			if h.Env == nil {
+				h.Env = make(map[string]string)
+			}
+			h.Env[key] = strings.ReplaceAll(args[1], requestPortPlaceholder, "{port}")
+
+		case "workers":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if err := h.Workers.parse(v); err != nil {
+				return d.WrapErr(err)
+			}
+
+		case "worker_base_port":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			port, err := strconv.Atoi(v)
+			if err != nil || port < 1 || port > 65535 {
+				return d.Errf("worker_base_port: want a port number 1-65535, got %q", v)
+			}
+			h.WorkerBasePort = port
+
+		case "stop_grace":
+			dur, err := durationArg(d, "stop_grace")
+			if err != nil {
+				return err
+			}
+			h.StopGrace = dur
+
+		case "strategy":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			switch v {
+			case StrategyRoundRobin, StrategyLeastBusy, StrategySticky:
+			default:
+				return d.Errf("strategy: unknown strategy %q; want one of %s, %s, %s",
+					v, StrategyRoundRobin, StrategyLeastBusy, StrategySticky)
+			}
+			h.Strategy = v
+
+		case "sticky_header":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			h.StickyHeader = v
+
+		case "health":
+			if err := h.unmarshalHealth(d); err != nil {
+				return err
+			}
+
+		case "proxy":
+			if err := h.unmarshalProxy(d); err != nil {
+				return err
+			}
+
+		case "timeouts":
+			if err := h.unmarshalTimeouts(d); err != nil {
+				return err
+			}
+
+		default:
+			return unknownSubdirective(d, "oxian_hv", topSubdirectives)
+		}
+	}
+	return nil
+}
+
+// unmarshalHealth reads the health block.
+func (h *Handler) unmarshalHealth(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "path":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			h.Health.Path = v
+
+		case "method":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			method := strings.ToUpper(v)
+			if method != "GET" && method != "HEAD" {
+				return d.Errf("health.method: want GET or HEAD, got %q", v)
+			}
+			h.Health.Method = method
+
+		case "interval":
+			dur, err := durationArg(d, "health.interval")
+			if err != nil {
+				return err
+			}
+			h.Health.Interval = dur
+
+		case "timeout":
+			dur, err := durationArg(d, "health.timeout")
+			if err != nil {
+				return err
+			}
+			h.Health.Timeout = dur
+
+		case "start_timeout":
+			dur, err := durationArg(d, "health.start_timeout")
+			if err != nil {
+				return err
+			}
+			h.Health.StartTimeout = dur
+
+		case "fails":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("health.fails: want a number of at least 1, got %q", v)
+			}
+			h.Health.Fails = n
+
+		default:
+			return unknownSubdirective(d, "health", healthSubdirectives)
+		}
+	}
+	return nil
+}
+
+// unmarshalProxy reads the proxy block.
+func (h *Handler) unmarshalProxy(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "timeout":
+			dur, err := durationArg(d, "proxy.timeout")
+			if err != nil {
+				return err
+			}
+			h.Proxy.Timeout = dur
+
+		case "pass_request_id":
+			pass := true
+			if d.NextArg() {
+				v := d.Val()
+				if d.NextArg() {
+					return d.ArgErr()
+				}
+				switch v {
+				case "true":
+				case "false":
+					pass = false
+				default:
+					return d.Errf("proxy.pass_request_id: want true or false, got %q", v)
+				}
+			}
+			h.Proxy.PassRequestID = &pass
+
+		case "forward_headers":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Proxy.ForwardHeaders = append(h.Proxy.ForwardHeaders, args...)
+
+		default:
+			return unknownSubdirective(d, "proxy", proxySubdirectives)
+		}
+	}
+	return nil
+}
+
+// unmarshalTimeouts reads the timeouts block.
+func (h *Handler) unmarshalTimeouts(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var target *caddy.Duration
+		switch d.Val() {
+		case "connect":
+			target = &h.Timeouts.Connect
+		case "headers":
+			target = &h.Timeouts.Headers
+		case "idle":
+			target = &h.Timeouts.Idle
+		case "total":
+			target = &h.Timeouts.Total
+		default:
+			return unknownSubdirective(d, "timeouts", timeoutsSubdirectives)
+		}
+		dur, err := durationArg(d, "timeouts."+d.Val())
+		if err != nil {
+			return err
+		}
+		*target = dur
+	}
+	return nil
+}
+
+// singleArg reads exactly one argument of the current subdirective.
+func singleArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
+// durationArg reads exactly one non-negative duration argument of the
+// subdirective called name in errors.
+func durationArg(d *caddyfile.Dispenser, name string) (caddy.Duration, error) {
+	v, err := singleArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return 0, d.Errf("%s: invalid duration %q: %v", name, v, err)
+	}
+	if dur < 0 {
+		return 0, d.Errf("%s: must not be negative, got %s", name, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// unknownSubdirective returns an error naming the current token, which is
+// not a subdirective of block, and the subdirectives that are allowed.
+func unknownSubdirective(d *caddyfile.Dispenser, block string, allowed []string) error {
+	return d.Errf("unknown subdirective '%s' in %s; allowed: %s",
+		d.Val(), block, strings.Join(allowed, ", "))
+}
+
+// workerPlaceholders turns `{http.request.port}`, the adapter's expansion
+// of the shorthand `{port}`, back into `{port}` in each argument.
+func workerPlaceholders(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = strings.ReplaceAll(a, requestPortPlaceholder, "{port}")
+	}
+	return out
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,3 @@
+// Package oxianhv is a Caddy module that turns Caddy into a multi-process
+// application server.
+package oxianhv

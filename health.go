@@ -1,0 +1,91 @@
+package oxianhv
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+
+	"github.com/oxian-hv/oxian-hv/workerpool"
+)
+
+// maxRequestIDLen bounds a request id taken from a client.
+const maxRequestIDLen = 128
+
+// healthReport is the hypervisor's answer on its health path.
+type healthReport struct {
+	// Status is `ok` while at least one worker is ready, `starting` before
+	// the pool exists, and `unavailable` otherwise.
+	Status   string              `json:"status"`
+	Projects []workerpool.Status `json:"projects"`
+}
+
+// serveHealth answers with the state of the handler's pool: 200 while at
+// least one worker is ready, 503 otherwise.
+func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) error {
+	report := healthReport{Status: "starting", Projects: []workerpool.Status{}}
+	status := http.StatusServiceUnavailable
+	if pool := h.handle.pool.Load(); pool != nil {
+		ps := pool.Status()
+		report.Projects = append(report.Projects, ps)
+		report.Status = "unavailable"
+		if ps.Ready > 0 {
+			report.Status = "ok"
+			status = http.StatusOK
+		}
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method == http.MethodHead {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		return nil
+	}
+	writeJSON(w, status, report)
+	return nil
+}
+
+// writeJSON answers with status and v as JSON.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Del("Content-Length")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// requestID returns the request's id, keeping the client's X-Request-Id
+// when it is sane (at most maxRequestIDLen printable ASCII characters)
+// and generating one otherwise. The request carries it on to the worker.
+func requestID(r *http.Request) string {
+	id := r.Header.Get(requestIDHeader)
+	if saneRequestID(id) {
+		return id
+	}
+	id = newRequestID()
+	r.Header.Set(requestIDHeader, id)
+	return id
+}
+
+// saneRequestID reports whether a client's request id can be passed on.
+func saneRequestID(id string) bool {
+	if id == "" || len(id) > maxRequestIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x21 || id[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// newRequestID returns 16 random bytes in hex.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

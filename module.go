@@ -1,0 +1,372 @@
+package oxianhv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/oxian-hv/oxian-hv/selection"
+	"github.com/oxian-hv/oxian-hv/workerpool"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// proxy tuning that is not configurable
+const (
+	retryInterval   = 10 * time.Millisecond
+	failDuration    = time.Second
+	requestIDHeader = "X-Request-Id"
+)
+
+// Handler runs a pool of worker processes and proxies requests to them with
+// Caddy's reverse proxy. Workers are started when the config starts (never
+// by `caddy validate`), get traffic once their health probe passes, and are
+// restarted when they exit or keep failing probes. A config reload keeps
+// the processes of a pool whose command, directory and environment did not
+// change.
+//
+// The handler answers its health path (`health.path`) itself with the
+// state of its pool as JSON.
+//
+// It sets these placeholders:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.oxian_hv.project}` | The project serving the request
+// `{http.oxian_hv.worker}` | The index of the worker serving the request
+// `{http.oxian_hv.request_id}` | The request id passed to the worker
+type Handler struct {
+	// The name of the project served by this handler's pool. It names the
+	// pool in logs, health output and the worker environment
+	// (`OXIAN_HV_PROJECT`). Default: `default`.
+	Project string `json:"project,omitempty"`
+
+	WorkerConfig
+
+	logger *zap.Logger
+	handle *poolHandle
+	rp     *reverseproxy.Handler
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.oxian_hv",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision checks the config, registers the pool with the `oxian` app and
+// sets up the reverse proxy. It starts no process.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+
+	// check the config
+	if h.Project == "" {
+		h.Project = defaultProject
+	}
+	h.applyDefaults()
+	if err := h.WorkerConfig.validate(); err != nil {
+		return fmt.Errorf("project %s: %v", h.Project, err)
+	}
+
+	// register the pool; the app starts it with the config
+	appIface, err := ctx.App("oxian")
+	if err != nil {
+		return fmt.Errorf("getting oxian app: %v", err)
+	}
+	h.handle = appIface.(*App).register(h.poolSpec())
+
+	// set up the reverse proxy
+	rp, err := h.newReverseProxy(ctx)
+	if err != nil {
+		return fmt.Errorf("project %s: setting up reverse proxy: %v", h.Project, err)
+	}
+	h.rp = rp
+	return nil
+}
+
+// poolSpec turns the config into a pool spec.
+func (h *Handler) poolSpec() workerpool.Spec {
+	wc := h.WorkerConfig
+	return workerpool.Spec{
+		Project:  h.Project,
+		Command:  wc.Command,
+		Dir:      wc.Dir,
+		Env:      wc.Env,
+		Workers:  wc.Workers.Resolve(),
+		BasePort: wc.WorkerBasePort,
+		Health: workerpool.HealthSpec{
+			Path:         wc.Health.Path,
+			Method:       wc.Health.Method,
+			Interval:     time.Duration(wc.Health.Interval),
+			Timeout:      time.Duration(wc.Health.Timeout),
+			StartTimeout: time.Duration(wc.Health.StartTimeout),
+			Fails:        wc.Health.Fails,
+		},
+		StopGrace: time.Duration(wc.StopGrace),
+	}
+}
+
+// newReverseProxy builds and provisions the Caddy reverse proxy that
+// carries requests to the pool's workers.
+func (h *Handler) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, error) {
+	// the transport carries the connect, headers and idle timeouts
+	transport := &reverseproxy.HTTPTransport{
+		DialTimeout:           h.Timeouts.Connect,
+		ResponseHeaderTimeout: h.Timeouts.Headers,
+		ReadTimeout:           h.Timeouts.Idle,
+		WriteTimeout:          h.Timeouts.Idle,
+	}
+
+	// the strategy is one of Caddy's policies, wrapped to count requests
+	// per worker
+	inner, err := selection.Load(ctx, h.Strategy, h.StickyHeader)
+	if err != nil {
+		return nil, err
+	}
+	handle := h.handle
+	recorder := &selection.Recorder{
+		Inner: inner,
+		Lookup: func(addr string) selection.Tracker {
+			if p := handle.pool.Load(); p != nil {
+				if w := p.Lookup(addr); w != nil {
+					return w
+				}
+			}
+			return nil
+		},
+		Placeholder: "http.oxian_hv.worker",
+	}
+
+	// retries cover failed connections and the wait for a ready worker
+	tryDuration := h.Proxy.Timeout
+	if h.Timeouts.Total > 0 && h.Timeouts.Total < tryDuration {
+		tryDuration = h.Timeouts.Total
+	}
+	rp := &reverseproxy.Handler{
+		TransportRaw:     caddyconfig.JSONModuleObject(transport, "protocol", "http", nil),
+		DynamicUpstreams: &poolSource{handle: h.handle},
+		LoadBalancing: &reverseproxy.LoadBalancing{
+			SelectionPolicy: recorder,
+			TryDuration:     tryDuration,
+			TryInterval:     caddy.Duration(retryInterval),
+		},
+		HealthChecks: &reverseproxy.HealthChecks{
+			Passive: &reverseproxy.PassiveHealthChecks{
+				FailDuration: caddy.Duration(failDuration),
+				MaxFails:     1,
+			},
+		},
+	}
+	if err := rp.Provision(ctx); err != nil {
+		return nil, err
+	}
+	return rp, nil
+}
+
+// Cleanup releases the reverse proxy; the app releases the pool.
+func (h *Handler) Cleanup() error {
+	if h.rp != nil {
+		return h.rp.Cleanup()
+	}
+	return nil
+}
+
+// ServeHTTP answers the health path, or proxies the request to a worker.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.URL.Path == h.Health.Path && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		return h.serveHealth(w, r)
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("http.oxian_hv.project", h.Project)
+
+	// request id and context headers
+	rw := &responseWriter{ResponseWriter: w}
+	if *h.Proxy.PassRequestID {
+		rw.requestID = requestID(r)
+		repl.Set("http.oxian_hv.request_id", rw.requestID)
+	}
+	h.addLogFields(r, rw.requestID)
+
+	// deadlines: total bounds everything, proxy.timeout the wait for headers
+	var ctx context.Context
+	var cancel context.CancelFunc
+	if h.Timeouts.Total > 0 {
+		ctx, cancel = context.WithTimeout(r.Context(), time.Duration(h.Timeouts.Total))
+	} else {
+		ctx, cancel = context.WithCancel(r.Context())
+	}
+	defer cancel()
+	headerTimer := time.AfterFunc(time.Duration(h.Proxy.Timeout), func() {
+		if rw.state.CompareAndSwap(statePending, stateTimedOut) {
+			cancel()
+		}
+	})
+	defer headerTimer.Stop()
+
+	// proxy, counting the request on its worker until the body is sent
+	lease := new(selection.Lease)
+	defer lease.Release()
+	ctx = selection.WithLease(ctx, lease)
+	err := h.rp.ServeHTTP(rw, r.WithContext(ctx), next)
+	headerTimer.Stop()
+	if t := lease.Current(); t != nil {
+		h.addWorkerLogField(r, t.ID())
+	}
+
+	// a request that never got response headers gets a clear answer
+	switch rw.state.Load() {
+	case stateTimedOut:
+		return h.writeError(w, r, rw.requestID, http.StatusGatewayTimeout,
+			fmt.Sprintf("no response from a worker within %s", time.Duration(h.Proxy.Timeout)), nil)
+	case statePending:
+		if err != nil {
+			return h.answerProxyError(w, r, rw.requestID, err)
+		}
+	}
+	return err
+}
+
+// answerProxyError writes the response for an error of the proxy that
+// came before any response was written.
+func (h *Handler) answerProxyError(w http.ResponseWriter, r *http.Request, requestID string, err error) error {
+	var herr caddyhttp.HandlerError
+	if !errors.As(err, &herr) {
+		return err
+	}
+	switch herr.StatusCode {
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "1")
+		return h.writeError(w, r, requestID, herr.StatusCode,
+			fmt.Sprintf("no worker of project %s is ready", h.Project), herr.Err)
+	case http.StatusGatewayTimeout:
+		return h.writeError(w, r, requestID, herr.StatusCode,
+			"the worker did not answer in time", herr.Err)
+	case http.StatusBadGateway:
+		return h.writeError(w, r, requestID, herr.StatusCode,
+			"the worker failed to answer", herr.Err)
+	}
+	return err
+}
+
+// writeError answers with status and a JSON body that says what happened.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, requestID string, status int, msg string, cause error) error {
+	fields := []zap.Field{
+		zap.String("project", h.Project),
+		zap.Int("status", status),
+		zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI),
+	}
+	if cause != nil {
+		fields = append(fields, zap.Error(cause))
+	}
+	h.logger.Warn(msg, fields...)
+
+	if requestID != "" {
+		w.Header().Set(requestIDHeader, requestID)
+	}
+	body := map[string]string{"error": msg, "project": h.Project}
+	if requestID != "" {
+		body["request_id"] = requestID
+	}
+	writeJSON(w, status, body)
+	return nil
+}
+
+// addLogFields adds the project, the request id and the configured context
+// headers to the request's access log entry.
+func (h *Handler) addLogFields(r *http.Request, requestID string) {
+	extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	if !ok {
+		return
+	}
+	extra.Set(zap.String("oxian_project", h.Project))
+	if requestID != "" {
+		extra.Set(zap.String("request_id", requestID))
+	}
+	for _, name := range h.Proxy.ForwardHeaders {
+		if v := r.Header.Get(name); v != "" {
+			extra.Set(zap.String("oxian_hv."+strings.ToLower(name), v))
+		}
+	}
+}
+
+// addWorkerLogField adds the worker that served the request to its access
+// log entry.
+func (h *Handler) addWorkerLogField(r *http.Request, worker string) {
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Set(zap.String("oxian_worker", worker))
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "request served"); c != nil {
+		c.Write(zap.String("project", h.Project), zap.String("worker", worker), zap.String("uri", r.RequestURI))
+	}
+}
+
+// states of a response as the handler sees it
+const (
+	statePending  int32 = iota // nothing written yet
+	stateWritten               // the response has begun
+	stateTimedOut              // proxy.timeout passed first; the handler answers
+)
+
+// responseWriter notes when the response begins, so that a request whose
+// headers come too late can be answered with 504 instead, and sets the
+// request id on the response.
+type responseWriter struct {
+	http.ResponseWriter
+	requestID string
+	state     atomic.Int32
+}
+
+// WriteHeader writes the header unless the handler already gave up on the
+// response. Informational responses other than 101 pass through.
+func (rw *responseWriter) WriteHeader(status int) {
+	if status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
+		rw.ResponseWriter.WriteHeader(status)
+		return
+	}
+	if rw.state.CompareAndSwap(statePending, stateWritten) {
+		if rw.requestID != "" {
+			rw.ResponseWriter.Header().Set(requestIDHeader, rw.requestID)
+		}
+	}
+	if rw.state.Load() != stateWritten {
+		return
+	}
+	rw.ResponseWriter.WriteHeader(status)
+}
+
+// Write writes body bytes unless the handler gave up on the response.
+func (rw *responseWriter) Write(b []byte) (int, error) {
+	if rw.state.Load() == statePending {
+		rw.WriteHeader(http.StatusOK)
+	}
+	if rw.state.Load() != stateWritten {
+		return 0, http.ErrHandlerTimeout
+	}
+	return rw.ResponseWriter.Write(b)
+}
+
+// Unwrap returns the underlying writer, for http.ResponseController.
+func (rw *responseWriter) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

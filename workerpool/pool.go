@@ -1,0 +1,267 @@
+package workerpool
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Pool keeps a number of workers of one command running.
+type Pool struct {
+	logger *zap.Logger
+	client *http.Client
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	ready atomic.Pointer[readySet]
+
+	mu       sync.Mutex
+	spec     Spec
+	workers  []*Worker
+	started  bool
+	closed   bool
+	changed  chan struct{}
+	stopping sync.WaitGroup
+}
+
+// readySet is an immutable snapshot of the workers that take traffic.
+type readySet struct {
+	workers []*Worker
+	addrs   []string
+	byAddr  map[string]*Worker
+}
+
+// New returns a pool for spec that starts nothing until Start. Logs go to
+// logger, with the project's name added.
+func New(spec Spec, logger *zap.Logger) *Pool {
+	spec = spec.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{
+		logger: logger.With(zap.String("project", spec.Project)),
+		client: &http.Client{
+			Transport: &http.Transport{
+				MaxIdleConnsPerHost: 1,
+				IdleConnTimeout:     time.Minute,
+				DisableCompression:  true,
+			},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		ctx:     ctx,
+		cancel:  cancel,
+		spec:    spec,
+		changed: make(chan struct{}),
+	}
+	p.ready.Store(&readySet{})
+	return p
+}
+
+// Project returns the name of the pool's project.
+func (p *Pool) Project() string { return p.currentSpec().Project }
+
+// Spec returns the pool's current spec.
+func (p *Pool) currentSpec() Spec {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.spec
+}
+
+// Start spawns the pool's workers. Starting a started pool does nothing.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	p.logger.Info("starting worker pool",
+		zap.Int("workers", p.spec.Workers),
+		zap.Strings("command", p.spec.Command))
+	p.scaleLocked(p.spec.Workers, "start")
+}
+
+// Reconfigure applies a spec with the same Identity: health settings,
+// ports and stop grace take effect at once, and the pool grows or shrinks
+// to the new worker count.
+func (p *Pool) Reconfigure(spec Spec) {
+	spec = spec.withDefaults()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.spec = spec
+	if p.started && len(p.workers) != spec.Workers {
+		p.scaleLocked(spec.Workers, "reconfigure")
+	}
+}
+
+// Scale sets the number of workers to n.
+func (p *Pool) Scale(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || n < 0 {
+		return
+	}
+	p.spec.Workers = n
+	if p.started {
+		p.scaleLocked(n, "scale")
+	}
+}
+
+// scaleLocked starts or stops slots until n run. The newest slots stop
+// first, after draining for up to the stop grace.
+func (p *Pool) scaleLocked(n int, reason string) {
+	if n != len(p.workers) {
+		p.logger.Info("scaling worker pool",
+			zap.Int("from", len(p.workers)),
+			zap.Int("to", n),
+			zap.String("reason", reason))
+	}
+	for len(p.workers) < n {
+		w := &Worker{
+			Index:  len(p.workers),
+			pool:   p,
+			state:  StateStarting,
+			stopCh: make(chan struct{}),
+			done:   make(chan struct{}),
+		}
+		w.logger = p.logger.With(zap.Int("worker", w.Index))
+		p.workers = append(p.workers, w)
+		go w.run()
+	}
+	for len(p.workers) > n {
+		last := len(p.workers) - 1
+		w := p.workers[last]
+		p.workers = p.workers[:last]
+		p.retire(w, "scaled down", p.spec.StopGrace)
+	}
+	p.refreshReadyLocked()
+}
+
+// retire stops w in the background.
+func (p *Pool) retire(w *Worker, reason string, drain time.Duration) {
+	p.stopping.Add(1)
+	w.stop(reason, drain)
+	go func() {
+		defer p.stopping.Done()
+		<-w.done
+	}()
+}
+
+// Close stops every worker, for reason: each leaves rotation at once,
+// lets its requests in flight finish for at most drain, then gets SIGTERM
+// and, after the stop grace, SIGKILL. With wait, Close returns once every
+// process has exited; otherwise it returns at once.
+func (p *Pool) Close(reason string, drain time.Duration, wait bool) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		if wait {
+			p.stopping.Wait()
+		}
+		return
+	}
+	p.closed = true
+	workers := p.workers
+	p.workers = nil
+	for _, w := range workers {
+		p.retire(w, reason, drain)
+	}
+	p.refreshReadyLocked()
+	p.mu.Unlock()
+	p.logger.Info("stopping worker pool", zap.String("reason", reason))
+
+	finish := func() {
+		p.stopping.Wait()
+		p.cancel()
+		p.client.CloseIdleConnections()
+	}
+	if wait {
+		finish()
+	} else {
+		go finish()
+	}
+}
+
+// Ready returns the workers that take traffic, in index order. The slice
+// is shared: do not modify it.
+func (p *Pool) Ready() []*Worker { return p.ready.Load().workers }
+
+// ReadyAddrs returns the dial addresses of the ready workers, in index
+// order. The slice is shared: do not modify it.
+func (p *Pool) ReadyAddrs() []string { return p.ready.Load().addrs }
+
+// Lookup returns the ready worker at dial address addr, or nil.
+func (p *Pool) Lookup(addr string) *Worker { return p.ready.Load().byAddr[addr] }
+
+// WaitReady waits until the pool has a ready worker, ctx is done or max
+// has passed, and reports whether a worker is ready.
+func (p *Pool) WaitReady(ctx context.Context, max time.Duration) bool {
+	timer := time.NewTimer(max)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		changed := p.changed
+		p.mu.Unlock()
+		if len(p.Ready()) > 0 {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+// refreshReady rebuilds the ready set and wakes those waiting on it.
+func (p *Pool) refreshReady() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refreshReadyLocked()
+}
+
+func (p *Pool) refreshReadyLocked() {
+	rs := &readySet{byAddr: make(map[string]*Worker)}
+	for _, w := range p.workers {
+		if !w.isReady() {
+			continue
+		}
+		addr := w.Addr()
+		if addr == "" {
+			continue
+		}
+		rs.workers = append(rs.workers, w)
+		rs.addrs = append(rs.addrs, addr)
+		rs.byAddr[addr] = w
+	}
+	p.ready.Store(rs)
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// Status is a snapshot of a pool, for health output.
+type Status struct {
+	Project string         `json:"project"`
+	Ready   int            `json:"ready"`
+	Workers []WorkerStatus `json:"workers"`
+}
+
+// Status returns a snapshot of the pool and its workers.
+func (p *Pool) Status() Status {
+	p.mu.Lock()
+	workers := append([]*Worker(nil), p.workers...)
+	project := p.spec.Project
+	p.mu.Unlock()
+	st := Status{Project: project, Ready: len(p.Ready()), Workers: []WorkerStatus{}}
+	for _, w := range workers {
+		st.Workers = append(st.Workers, w.Status())
+	}
+	return st
+}
