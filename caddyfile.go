@@ -27,11 +27,20 @@ var (
 // `{port}` into before directives see their tokens.
 const requestPortPlaceholder = "{http.request.port}"
 
-// parseCaddyfile sets up the handler from Caddyfile tokens.
+// parseCaddyfile sets up the handler from Caddyfile tokens, and checks the
+// result as provisioning would, so that `caddy adapt` already reports bad
+// settings.
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
 	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
 		return nil, err
+	}
+
+	// check a copy with defaults applied; the config keeps only what was set
+	check := handler.WorkerConfig
+	check.applyDefaults()
+	if err := check.validate(); err != nil {
+		return nil, h.Errf("oxian_hv: %v", err)
 	}
 	return handler, nil
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
@@ -56,9 +55,10 @@ type Handler struct {
 
 	WorkerConfig
 
-	logger *zap.Logger
-	handle *poolHandle
-	rp     *reverseproxy.Handler
+	logger    *zap.Logger
+	handle    *poolHandle
+	transport *reverseproxy.HTTPTransport
+	rp        *reverseproxy.Handler
 }
 
 // CaddyModule returns the Caddy module information.
@@ -157,8 +157,17 @@ func (h *Handler) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, err
 	if h.Timeouts.Total > 0 && h.Timeouts.Total < tryDuration {
 		tryDuration = h.Timeouts.Total
 	}
+	if err := transport.Provision(ctx); err != nil {
+		return nil, fmt.Errorf("setting up transport: %v", err)
+	}
+	h.transport = transport
 	rp := &reverseproxy.Handler{
-		TransportRaw:     caddyconfig.JSONModuleObject(transport, "protocol", "http", nil),
+		Transport: &workerTransport{
+			HTTPTransport:  transport,
+			project:        h.Project,
+			headersTimeout: time.Duration(h.Timeouts.Headers),
+			logger:         h.logger,
+		},
 		DynamicUpstreams: &poolSource{handle: h.handle},
 		LoadBalancing: &reverseproxy.LoadBalancing{
 			SelectionPolicy: recorder,
@@ -178,12 +187,17 @@ func (h *Handler) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, err
 	return rp, nil
 }
 
-// Cleanup releases the reverse proxy; the app releases the pool.
+// Cleanup releases the reverse proxy and its transport; the app releases
+// the pool.
 func (h *Handler) Cleanup() error {
+	var err error
 	if h.rp != nil {
-		return h.rp.Cleanup()
+		err = h.rp.Cleanup()
 	}
-	return nil
+	if h.transport != nil {
+		err = errors.Join(err, h.transport.Cleanup())
+	}
+	return err
 }
 
 // ServeHTTP answers the health path, or proxies the request to a worker.

@@ -330,6 +330,7 @@ func (w *Worker) watch(spec Spec, logger *zap.Logger, pid int, exited <-chan err
 
 		case !everReady:
 			// still starting: give up only after the start timeout
+			w.setError(fmt.Errorf("health probe: %s", probeOutcome(status, err)))
 			if time.Since(spawned) > spec.Health.StartTimeout {
 				reason := fmt.Sprintf("not ready within %s (last probe: %s)",
 					spec.Health.StartTimeout, probeOutcome(status, err))

@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# Benchmark: the example app (a) directly, (b) behind Caddy's plain
+# reverse_proxy and (c) behind oxian_hv, with wrk. See bench/README.md.
+#
+# Run from the repository root:   bash bench/run.sh
+# Override any parameter by env:  ROUNDS=3 DURATION=20s bash bench/run.sh
+set -euo pipefail
+
+# ---------------------------------------------------------------- parameters
+ROUNDS=${ROUNDS:-2}              # measured runs per (route, config)
+DURATION=${DURATION:-10s}        # wrk -d of every measured run
+THREADS=${THREADS:-2}            # wrk -t
+CONNS=${CONNS:-32}               # wrk -c for /api/hello
+WAIT_CONNS=${WAIT_CONNS:-64}     # wrk -c for /api/wait
+WARMUP=${WARMUP:-2s}             # one unrecorded wrk run per (route, config); 0 to skip
+PAUSE=${PAUSE:-1}                # seconds of rest between runs
+ROUTES=${ROUTES:-"/api/hello /api/wait"}
+
+APP_PORT1=${APP_PORT1:-19101}    # worker 1, used by (a) and (b)
+APP_PORT2=${APP_PORT2:-19102}    # worker 2, used by (b)
+RP_PORT=${RP_PORT:-19180}        # Caddy with reverse_proxy, (b)
+OX_PORT=${OX_PORT:-19181}        # Caddy with oxian_hv, (c)
+OX_BASE_PORT=${OX_BASE_PORT:-19201} # oxian_hv workers listen from here on
+
+OUT=${OUT:-/tmp/oxian-bench}     # binaries, Caddyfiles, logs (outside the repo)
+# ----------------------------------------------------------------------------
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+RESULTS_DIR="$ROOT/bench/results"
+RAW_DIR="$RESULTS_DIR/raw"
+PIDFILE="$OUT/pids"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v wrk >/dev/null || die "wrk not found (Debian: apt-get install wrk)"
+command -v curl >/dev/null || die "curl not found"
+command -v go >/dev/null || die "go not found"
+
+mkdir -p "$OUT" "$RESULTS_DIR"
+rm -rf "$RAW_DIR"
+mkdir -p "$RAW_DIR"
+
+# ------------------------------------------------------------ process control
+PIDS=()
+
+# stop_pid PID: SIGTERM, wait up to 10 s, then SIGKILL.
+stop_pid() {
+	local pid=$1 i
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 1 100); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "pid $pid did not stop after SIGTERM; sending SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	# Caddy first: it stops its oxian_hv workers (which also get SIGKILL
+	# from the kernel if Caddy dies, through their parent-death signal).
+	for pid in "${PIDS[@]:+${PIDS[@]}}"; do stop_pid "$pid"; done
+	wait 2>/dev/null || true
+	rm -f "$PIDFILE"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A previous run that was killed hard may have left its processes behind:
+# stop exactly the pids it recorded (if they are still ours).
+if [[ -f $PIDFILE ]]; then
+	while read -r pid exe; do
+		[[ -n ${pid:-} ]] || continue
+		# a rebuilt binary shows as "<path> (deleted)"
+		if [[ $(readlink "/proc/$pid/exe" 2>/dev/null || true) == "$exe"* ]]; then
+			log "stopping leftover pid $pid ($exe) of an earlier run"
+			stop_pid "$pid"
+		fi
+	done <"$PIDFILE"
+	rm -f "$PIDFILE"
+fi
+
+port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
+	port_busy "$p" && die "port $p is already in use; stop what uses it or override the *_PORT variables"
+done
+
+# start NAME LOGFILE CMD...: start in the background, remember the pid
+# (with the program's path, so that a later run stops only that program).
+start() {
+	local name=$1 logf=$2
+	shift 2
+	"$@" >"$logf" 2>&1 &
+	local pid=$!
+	PIDS+=("$pid")
+	echo "$pid $1" >>"$PIDFILE"
+	log "started $name (pid $pid), log $logf"
+}
+
+# wait_ok URL NAME: wait up to 60 s for a 2xx answer.
+wait_ok() {
+	local url=$1 name=$2 i
+	for i in $(seq 1 300); do
+		if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+			log "$name is up ($url)"
+			return 0
+		fi
+		sleep 0.2
+	done
+	die "$name did not answer $url within 60 s"
+}
+
+# ---------------------------------------------------------------------- build
+log "building $OUT/caddy and $OUT/app"
+go build -o "$OUT/caddy" ./cmd/caddy
+go build -o "$OUT/app" ./caddy-examples/app
+
+# ------------------------------------------------------------------- configs
+# Caddy keeps its autosave and data under $OUT, not the home directory.
+export XDG_CONFIG_HOME="$OUT/xdg-config" XDG_DATA_HOME="$OUT/xdg-data"
+
+GLOBAL_OPTS="	admin off
+	auto_https off
+	persist_config off
+	log {
+		level ERROR
+	}"
+
+cat >"$OUT/Caddyfile.rp" <<EOF
+{
+$GLOBAL_OPTS
+}
+
+:$RP_PORT {
+	bind 127.0.0.1
+	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
+		lb_policy round_robin
+	}
+}
+EOF
+
+cat >"$OUT/Caddyfile.oxian" <<EOF
+{
+$GLOBAL_OPTS
+}
+
+:$OX_PORT {
+	bind 127.0.0.1
+	oxian_hv {
+		project bench
+		command $OUT/app
+		workers 2
+		worker_base_port $OX_BASE_PORT
+		strategy round_robin
+	}
+}
+EOF
+
+# validate both files up front, for a clear error
+"$OUT/caddy" validate --config "$OUT/Caddyfile.rp" --adapter caddyfile >"$OUT/validate.log" 2>&1 ||
+	{ cat "$OUT/validate.log" >&2; die "Caddyfile.rp is invalid"; }
+"$OUT/caddy" validate --config "$OUT/Caddyfile.oxian" --adapter caddyfile >>"$OUT/validate.log" 2>&1 ||
+	{ cat "$OUT/validate.log" >&2; die "Caddyfile.oxian is invalid"; }
+
+# -------------------------------------------------------------------- start
+: >"$PIDFILE"
+start "app worker :$APP_PORT1" "$OUT/app-$APP_PORT1.log" "$OUT/app" -port "$APP_PORT1"
+start "app worker :$APP_PORT2" "$OUT/app-$APP_PORT2.log" "$OUT/app" -port "$APP_PORT2"
+wait_ok "http://127.0.0.1:$APP_PORT1/_health" "app worker :$APP_PORT1"
+wait_ok "http://127.0.0.1:$APP_PORT2/_health" "app worker :$APP_PORT2"
+
+start "caddy reverse_proxy :$RP_PORT" "$OUT/caddy-rp.log" \
+	"$OUT/caddy" run --config "$OUT/Caddyfile.rp" --adapter caddyfile
+start "caddy oxian_hv :$OX_PORT" "$OUT/caddy-oxian.log" \
+	"$OUT/caddy" run --config "$OUT/Caddyfile.oxian" --adapter caddyfile
+wait_ok "http://127.0.0.1:$RP_PORT/api/hello" "(b) reverse_proxy"
+wait_ok "http://127.0.0.1:$OX_PORT/api/hello" "(c) oxian_hv"
+# both oxian_hv workers must be ready, or (c) would run on one worker
+for i in $(seq 1 300); do
+	ready=$(curl -fsS --max-time 1 "http://127.0.0.1:$OX_PORT/_health" 2>/dev/null | grep -o '"ready": *[0-9]*' | grep -o '[0-9]*$' || true)
+	[[ ${ready:-0} -ge 2 ]] && break
+	sleep 0.2
+done
+[[ ${ready:-0} -ge 2 ]] || log "warning: /_health of (c) does not show 2 ready workers: $(curl -fsS "http://127.0.0.1:$OX_PORT/_health" || true)"
+
+declare -A URL=(
+	[a]="http://127.0.0.1:$APP_PORT1"
+	[b]="http://127.0.0.1:$RP_PORT"
+	[c]="http://127.0.0.1:$OX_PORT"
+)
+declare -A NAME=([a]="direct" [b]="reverse_proxy" [c]="oxian_hv")
+
+conns_for() { if [[ $1 == /api/wait ]]; then echo "$WAIT_CONNS"; else echo "$CONNS"; fi; }
+
+# to_ms VALUE: wrk latency (e.g. 812.00us, 1.23ms, 2.01s) in milliseconds.
+to_ms() {
+	awk -v v="$1" 'BEGIN {
+		n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+		if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+		printf "%.3f", n }'
+}
+
+# parse FILE: "rps p50_ms p99_ms non2xx socket_errors"
+parse() {
+	local f=$1 rps p50 p99 non2xx sockerr
+	rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+	p50=$(awk '$1 == "50%" {print $2}' "$f")
+	p99=$(awk '$1 == "99%" {print $2}' "$f")
+	non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
+	sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10}' "$f")
+	echo "${rps:-0} $(to_ms "${p50:-0}") $(to_ms "${p99:-0}") ${non2xx:-0} ${sockerr:-0}"
+}
+
+# run_wrk CONFIG ROUTE DURATION OUTFILE
+run_wrk() {
+	local cfg=$1 route=$2 dur=$3 outf=$4 c
+	c=$(conns_for "$route")
+	wrk -t"$THREADS" -c"$c" -d"$dur" --latency "${URL[$cfg]}$route" >"$outf" 2>&1 ||
+		{ cat "$outf" >&2; die "wrk failed for ($cfg) $route"; }
+}
+
+# ------------------------------------------------------------------- warm-up
+if [[ $WARMUP != 0 ]]; then
+	for route in $ROUTES; do
+		for cfg in a b c; do
+			log "warm-up ($cfg) ${NAME[$cfg]} $route for $WARMUP"
+			run_wrk "$cfg" "$route" "$WARMUP" "$RAW_DIR/warmup-$cfg-${route//\//_}.txt"
+		done
+	done
+fi
+
+# -------------------------------------------------------------- measurement
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+TSV="$RESULTS_DIR/latest.tsv"
+printf 'round\troute\tconfig\tconns\treq_s\tp50_ms\tp99_ms\tnon2xx\tsocket_errors\n' >"$TSV"
+orders=("a b c" "b c a" "c a b") # rotate the order each round
+for ((round = 1; round <= ROUNDS; round++)); do
+	order=${orders[$(((round - 1) % 3))]}
+	for route in $ROUTES; do
+		for cfg in $order; do
+			sleep "$PAUSE"
+			f="$RAW_DIR/r$round-$cfg-${route//\//_}.txt"
+			log "round $round: ($cfg) ${NAME[$cfg]} $route -t$THREADS -c$(conns_for "$route") -d$DURATION"
+			run_wrk "$cfg" "$route" "$DURATION" "$f"
+			read -r rps p50 p99 non2xx sockerr < <(parse "$f")
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$route" "$cfg" \
+				"$(conns_for "$route")" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" >>"$TSV"
+		done
+	done
+done
+
+# ------------------------------------------------------------------- report
+MD="$RESULTS_DIR/latest.md"
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+awk -F'\t' -v rounds="$ROUNDS" -v dur="$DURATION" -v threads="$THREADS" \
+	-v load="load average before the measurements $LOAD_BEFORE, after $LOAD_AFTER" \
+	-v date="$(date -u '+%Y-%m-%d %H:%M:%SZ')" -v host="$(nproc) cores, $(uname -r)" '
+function name(c) { return c == "a" ? "(a) direct" : c == "b" ? "(b) reverse_proxy" : "(c) oxian_hv" }
+NR == 1 { next }
+{
+	key = $2 SUBSEP $3
+	if (!($2 in seen)) { seen[$2] = 1; routes[++nr] = $2 }
+	rows[++n] = $0
+	rps[key] += $5; p50[key] += $6; p99[key] += $7; cnt[key]++
+	errs[key] += $8 + $9
+	conns[$2] = $4
+}
+END {
+	printf "# oxian_hv benchmark results\n\n"
+	printf "%s, %s; wrk -t%s -d%s --latency, %s round(s).\n\n", date, host, threads, dur, rounds
+	printf "## All runs\n\n"
+	printf "| round | route | config | conns | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors |\n"
+	printf "|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
+	for (i = 1; i <= n; i++) {
+		split(rows[i], f, "\t")
+		printf "| %s | `%s` | %s | %s | %.0f | %.3f | %.3f | %s | %s |\n", f[1], f[2], name(f[3]), f[4], f[5], f[6], f[7], f[8], f[9]
+	}
+	printf "\n## Mean over rounds, and ratios\n\n"
+	printf "| route | conns | config | req/s | p50 (ms) | p99 (ms) | errors |\n"
+	printf "|---|---:|---|---:|---:|---:|---:|\n"
+	for (r = 1; r <= nr; r++) {
+		rt = routes[r]
+		for (ci = 1; ci <= 3; ci++) {
+			c = substr("abc", ci, 1); k = rt SUBSEP c
+			if (!cnt[k]) continue
+			printf "| `%s` | %s | %s | %.0f | %.3f | %.3f | %d |\n", rt, conns[rt], name(c), rps[k]/cnt[k], p50[k]/cnt[k], p99[k]/cnt[k], errs[k]
+		}
+	}
+	printf "\n| route | (c)/(b) req/s | (c)/(b) p99 | (c)/(b) p50 | (b)/(a) req/s | (c)/(a) req/s | target req/s >= 0.95 | target p99 <= 1.10 |\n"
+	printf "|---|---:|---:|---:|---:|---:|---|---|\n"
+	for (r = 1; r <= nr; r++) {
+		rt = routes[r]; a = rt SUBSEP "a"; b = rt SUBSEP "b"; c = rt SUBSEP "c"
+		rr = (rps[b] ? rps[c]/rps[b] : 0); pr = (p99[b] ? p99[c]/p99[b] : 0); p5 = (p50[b] ? p50[c]/p50[b] : 0)
+		ba = (rps[a] ? rps[b]/rps[a] : 0); ca = (rps[a] ? rps[c]/rps[a] : 0)
+		printf "| `%s` | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s |\n", rt, rr, pr, p5, ba, ca, \
+			(rr >= 0.95 ? "holds" : "MISSES"), (pr <= 1.10 ? "holds" : "MISSES")
+	}
+	printf "\nRatios use the means over rounds (requests/s and p99 summed over rounds, so the round count cancels).\n"
+	printf "wrk and the servers share the same cores; nothing is pinned. %s.\n", load
+}' "$TSV" >"$MD"
+
+echo
+column -t -s $'\t' "$TSV" 2>/dev/null || cat "$TSV"
+echo
+sed -n '/^## Mean over rounds/,$p' "$MD"
+echo
+log "written $MD (raw wrk output in $RAW_DIR)"
