@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -17,15 +16,15 @@ func init() {
 	caddy.RegisterModule(new(App))
 }
 
-// pools holds the running worker pools of the process, keyed by the
-// identity of what they run. It outlives config reloads: a reload whose
-// pool runs the same command, in the same directory, with the same
-// environment keeps the same processes.
+// pools holds the running worker pools of the process, keyed by project
+// name. It outlives config reloads: a reload that keeps a project keeps its
+// pool, and the pool applies the new settings, keeping its processes
+// unless their command, directory or environment changed.
 var pools = caddy.NewUsagePool()
 
-// reloadDrain is how long a pool that leaves the config lets its requests
-// in flight finish before its workers are stopped.
-const reloadDrain = 30 * time.Second
+// sweepOnce makes the first start of the process look for workers left
+// behind by an earlier run.
+var sweepOnce sync.Once
 
 // App is the `oxian` app: it owns the worker pools that the `oxian_hv`
 // handlers of a config use. Handlers register their pools while they are
@@ -44,7 +43,6 @@ type App struct {
 // poolHandle is a handler's way to its pool, which exists only once the
 // app has started.
 type poolHandle struct {
-	key     string
 	spec    workerpool.Spec
 	pool    atomic.Pointer[workerpool.Pool]
 	started <-chan struct{}
@@ -80,18 +78,21 @@ func (a *App) Provision(ctx caddy.Context) error {
 }
 
 // register records the pool a handler needs and returns the handle
-// through which it reaches it. Handlers with the same spec share a pool.
-func (a *App) register(spec workerpool.Spec) *poolHandle {
+// through which it reaches it. Handlers of the same project share its
+// pool, so they must agree on what it runs.
+func (a *App) register(spec workerpool.Spec) (*poolHandle, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	key := spec.Identity()
-	if ph, ok := a.handles[key]; ok {
-		ph.spec = spec
-		return ph
+	if ph, ok := a.handles[spec.Project]; ok {
+		if ph.spec.Identity() != spec.Identity() || ph.spec.Workers != spec.Workers {
+			return nil, fmt.Errorf("project %s is configured twice with different workers; "+
+				"give each oxian_hv its own project name", spec.Project)
+		}
+		return ph, nil
 	}
-	ph := &poolHandle{key: key, spec: spec, started: a.started}
-	a.handles[key] = ph
-	return ph
+	ph := &poolHandle{spec: spec, started: a.started}
+	a.handles[spec.Project] = ph
+	return ph, nil
 }
 
 // Start starts the registered pools, or takes over those the previous
@@ -101,10 +102,12 @@ func (a *App) Start() error {
 	defer a.mu.Unlock()
 	defer close(a.started)
 
+	sweepOnce.Do(func() { workerpool.SweepLeftovers(a.logger) })
+
 	for key, ph := range a.handles {
 		spec := ph.spec
 		val, loaded, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
-			return &poolEntry{Pool: workerpool.New(spec, a.logger)}, nil
+			return &poolEntry{Pool: workerpool.New(spec, a.logger, poolHooks(spec.Project))}, nil
 		})
 		if err != nil {
 			return fmt.Errorf("starting pool of project %s: %v", spec.Project, err)
@@ -124,8 +127,23 @@ func (a *App) Start() error {
 	return nil
 }
 
-// Stop does nothing: pools stop when no config uses them any more.
-func (a *App) Stop() error { return nil }
+// Stop begins the shutdown of the pools when Caddy exits: each stops
+// taking requests, lets those in flight finish for at most its drain
+// timeout, and stops its workers. On a config reload it does nothing:
+// pools stop when no config uses them any more.
+func (a *App) Stop() error {
+	if !caddy.Exiting() {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ph := range a.handles {
+		if p := ph.pool.Load(); p != nil {
+			p.Close("shutdown", ph.spec.Drain, false)
+		}
+	}
+	return nil
+}
 
 // Cleanup lets go of the pools this config used; a pool that no config
 // uses any more drains and stops.
@@ -147,14 +165,15 @@ type poolEntry struct {
 }
 
 // Destruct stops the pool once no config uses it: when Caddy exits it
-// waits for the workers to end; on a reload it lets them drain in the
-// background.
+// waits for the workers to end; after a reload that dropped the project it
+// lets them drain in the background.
 func (pe *poolEntry) Destruct() error {
+	drain := pe.Spec().Drain
 	if caddy.Exiting() {
-		pe.Close("shutdown", 0, true)
+		pe.Close("shutdown", drain, true)
 		return nil
 	}
-	pe.Close("config reload", reloadDrain, false)
+	pe.Close("project left the config", drain, false)
 	return nil
 }
 

@@ -26,6 +26,8 @@ const (
 	defaultProxyTimeout   = 30 * time.Second
 	defaultConnectTimeout = 3 * time.Second
 	defaultStopGrace      = 10 * time.Second
+	defaultDrainTimeout   = 30 * time.Second
+	defaultStreamClose    = 5 * time.Minute
 )
 
 // The load-balancing strategies a pool can use.
@@ -140,6 +142,11 @@ type ProxyConfig struct {
 	// it. Default: `true`.
 	PassRequestID *bool `json:"pass_request_id,omitempty"`
 
+	// How long WebSocket connections and other upgraded streams stay open
+	// after a config reload replaced the handler that opened them; they are
+	// closed when it passes. Default: `5m`.
+	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
+
 	// Request headers that carry context (correlation, user or tenant ids).
 	// They are passed to the workers unchanged and are added to the access
 	// log entry of the request as `oxian_hv.<header>` fields. Default: none.
@@ -199,6 +206,11 @@ type WorkerConfig struct {
 	// group is killed. Default: `10s`.
 	StopGrace caddy.Duration `json:"stop_grace,omitempty"`
 
+	// How long a worker that is being stopped (scaled down, replaced after
+	// a config change, shut down with Caddy) may finish its requests in
+	// flight before it gets SIGTERM. Default: `30s`.
+	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
+
 	// How requests are spread over the ready workers: `round_robin`,
 	// `least_busy` (fewest requests in flight, counting a request until its
 	// response body has been sent), or `sticky` (requests with the same
@@ -229,6 +241,9 @@ func (wc *WorkerConfig) applyDefaults() {
 	if wc.StopGrace == 0 {
 		wc.StopGrace = caddy.Duration(defaultStopGrace)
 	}
+	if wc.DrainTimeout == 0 {
+		wc.DrainTimeout = caddy.Duration(defaultDrainTimeout)
+	}
 	if wc.Strategy == "" {
 		wc.Strategy = defaultStrategy
 	}
@@ -251,6 +266,9 @@ func (wc *WorkerConfig) applyDefaults() {
 	}
 	if h.Fails == 0 {
 		h.Fails = defaultHealthFails
+	}
+	if wc.Proxy.StreamCloseDelay == 0 {
+		wc.Proxy.StreamCloseDelay = caddy.Duration(defaultStreamClose)
 	}
 	if wc.Proxy.Timeout == 0 {
 		wc.Proxy.Timeout = caddy.Duration(defaultProxyTimeout)
@@ -318,6 +336,8 @@ func (wc *WorkerConfig) validate() error {
 		{"timeouts.idle", wc.Timeouts.Idle},
 		{"timeouts.total", wc.Timeouts.Total},
 		{"stop_grace", wc.StopGrace},
+		{"drain_timeout", wc.DrainTimeout},
+		{"proxy.stream_close_delay", wc.Proxy.StreamCloseDelay},
 	} {
 		if d.value < 0 {
 			return fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.value))

@@ -88,7 +88,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("getting oxian app: %v", err)
 	}
-	h.handle = appIface.(*App).register(h.poolSpec())
+	h.handle, err = appIface.(*App).register(h.poolSpec())
+	if err != nil {
+		return err
+	}
 
 	// set up the reverse proxy
 	rp, err := h.newReverseProxy(ctx)
@@ -96,6 +99,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("project %s: setting up reverse proxy: %v", h.Project, err)
 	}
 	h.rp = rp
+
+	registerMetrics(ctx, h.logger)
 	return nil
 }
 
@@ -118,6 +123,7 @@ func (h *Handler) poolSpec() workerpool.Spec {
 			Fails:        wc.Health.Fails,
 		},
 		StopGrace: time.Duration(wc.StopGrace),
+		Drain:     time.Duration(wc.DrainTimeout),
 	}
 }
 
@@ -174,6 +180,7 @@ func (h *Handler) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, err
 			TryDuration:     tryDuration,
 			TryInterval:     caddy.Duration(retryInterval),
 		},
+		StreamCloseDelay: h.Proxy.StreamCloseDelay,
 		HealthChecks: &reverseproxy.HealthChecks{
 			Passive: &reverseproxy.PassiveHealthChecks{
 				FailDuration: caddy.Duration(failDuration),
@@ -205,6 +212,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.URL.Path == h.Health.Path && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return h.serveHealth(w, r)
 	}
+	began := time.Now()
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set("http.oxian_hv.project", h.Project)
 
@@ -238,43 +246,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	ctx = selection.WithLease(ctx, lease)
 	err := h.rp.ServeHTTP(rw, r.WithContext(ctx), next)
 	headerTimer.Stop()
+	worker := ""
 	if t := lease.Current(); t != nil {
-		h.addWorkerLogField(r, t.ID())
+		worker = t.ID()
+		h.addWorkerLogField(r, worker)
 	}
 
 	// a request that never got response headers gets a clear answer
+	status := rw.status
 	switch rw.state.Load() {
 	case stateTimedOut:
-		return h.writeError(w, r, rw.requestID, http.StatusGatewayTimeout,
+		status = http.StatusGatewayTimeout
+		err = h.writeError(w, r, rw.requestID, status,
 			fmt.Sprintf("no response from a worker within %s", time.Duration(h.Proxy.Timeout)), nil)
 	case statePending:
 		if err != nil {
-			return h.answerProxyError(w, r, rw.requestID, err)
+			status, err = h.answerProxyError(w, r, rw.requestID, err)
 		}
 	}
+	observeRequest(h.Project, worker, status, err != nil, time.Since(began))
 	return err
 }
 
 // answerProxyError writes the response for an error of the proxy that
-// came before any response was written.
-func (h *Handler) answerProxyError(w http.ResponseWriter, r *http.Request, requestID string, err error) error {
+// came before any response was written, and returns its status and the
+// error left for Caddy to handle, if any.
+func (h *Handler) answerProxyError(w http.ResponseWriter, r *http.Request, requestID string, err error) (int, error) {
 	var herr caddyhttp.HandlerError
 	if !errors.As(err, &herr) {
-		return err
+		return http.StatusInternalServerError, err
 	}
 	switch herr.StatusCode {
 	case http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "1")
-		return h.writeError(w, r, requestID, herr.StatusCode,
+		return herr.StatusCode, h.writeError(w, r, requestID, herr.StatusCode,
 			fmt.Sprintf("no worker of project %s is ready", h.Project), herr.Err)
 	case http.StatusGatewayTimeout:
-		return h.writeError(w, r, requestID, herr.StatusCode,
+		return herr.StatusCode, h.writeError(w, r, requestID, herr.StatusCode,
 			"the worker did not answer in time", herr.Err)
 	case http.StatusBadGateway:
-		return h.writeError(w, r, requestID, herr.StatusCode,
+		return herr.StatusCode, h.writeError(w, r, requestID, herr.StatusCode,
 			"the worker failed to answer", herr.Err)
 	}
-	return err
+	return herr.StatusCode, err
 }
 
 // writeError answers with status and a JSON body that says what happened.
@@ -344,6 +358,7 @@ type responseWriter struct {
 	http.ResponseWriter
 	requestID string
 	state     atomic.Int32
+	status    int
 }
 
 // WriteHeader writes the header unless the handler already gave up on the
@@ -360,6 +375,9 @@ func (rw *responseWriter) WriteHeader(status int) {
 	}
 	if rw.state.Load() != stateWritten {
 		return
+	}
+	if rw.status == 0 {
+		rw.status = status
 	}
 	rw.ResponseWriter.WriteHeader(status)
 }

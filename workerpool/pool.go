@@ -3,6 +3,7 @@ package workerpool
 import (
 	"context"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,9 +20,16 @@ type Pool struct {
 
 	ready atomic.Pointer[readySet]
 
+	hooks Hooks
+
 	mu       sync.Mutex
 	spec     Spec
+	identity string
 	workers  []*Worker
+	incoming map[*Worker]bool
+	gen      int
+	rolling  bool
+	rollWhy  string
 	started  bool
 	closed   bool
 	changed  chan struct{}
@@ -36,8 +44,8 @@ type readySet struct {
 }
 
 // New returns a pool for spec that starts nothing until Start. Logs go to
-// logger, with the project's name added.
-func New(spec Spec, logger *zap.Logger) *Pool {
+// logger, with the project's name added; hooks hear of worker events.
+func New(spec Spec, logger *zap.Logger, hooks Hooks) *Pool {
 	spec = spec.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{
@@ -50,10 +58,13 @@ func New(spec Spec, logger *zap.Logger) *Pool {
 			},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		ctx:     ctx,
-		cancel:  cancel,
-		spec:    spec,
-		changed: make(chan struct{}),
+		hooks:    hooks,
+		ctx:      ctx,
+		cancel:   cancel,
+		spec:     spec,
+		identity: spec.Identity(),
+		incoming: make(map[*Worker]bool),
+		changed:  make(chan struct{}),
 	}
 	p.ready.Store(&readySet{})
 	return p
@@ -63,6 +74,8 @@ func New(spec Spec, logger *zap.Logger) *Pool {
 func (p *Pool) Project() string { return p.currentSpec().Project }
 
 // Spec returns the pool's current spec.
+func (p *Pool) Spec() Spec { return p.currentSpec() }
+
 func (p *Pool) currentSpec() Spec {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -83,9 +96,12 @@ func (p *Pool) Start() {
 	p.scaleLocked(p.spec.Workers, "start")
 }
 
-// Reconfigure applies a spec with the same Identity: health settings,
-// ports and stop grace take effect at once, and the pool grows or shrinks
-// to the new worker count.
+// Reconfigure applies spec to the running pool. Health settings, ports,
+// grace periods and the worker count take effect at once: the pool grows
+// or shrinks, keeping the workers it has. If the command, its directory or
+// its environment changed, the workers are replaced one at a time: a new
+// worker starts, and once it is ready it takes the old one's place, which
+// drains and stops.
 func (p *Pool) Reconfigure(spec Spec) {
 	spec = spec.withDefaults()
 	p.mu.Lock()
@@ -94,9 +110,27 @@ func (p *Pool) Reconfigure(spec Spec) {
 		return
 	}
 	p.spec = spec
-	if p.started && len(p.workers) != spec.Workers {
-		p.scaleLocked(spec.Workers, "reconfigure")
+	if !p.started {
+		return
 	}
+	if len(p.workers) != spec.Workers {
+		p.scaleLocked(spec.Workers, "config change")
+	}
+	if id := spec.Identity(); id != p.identity {
+		p.identity = id
+		p.rollLocked("command, directory or environment changed")
+	}
+}
+
+// Restart replaces every worker, one at a time, as Reconfigure does when
+// the command changed.
+func (p *Pool) Restart(reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || !p.started {
+		return
+	}
+	p.rollLocked(reason)
 }
 
 // Scale sets the number of workers to n.
@@ -112,8 +146,30 @@ func (p *Pool) Scale(n int) {
 	}
 }
 
+// Workers returns the number of workers the pool keeps running.
+func (p *Pool) Workers() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.spec.Workers
+}
+
+// newWorkerLocked makes a worker of the current generation for slot index;
+// the caller starts it.
+func (p *Pool) newWorkerLocked(index int) *Worker {
+	w := &Worker{
+		Index:  index,
+		pool:   p,
+		gen:    p.gen,
+		state:  StateStarting,
+		stopCh: make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	w.logger = p.logger.With(zap.Int("worker", index))
+	return w
+}
+
 // scaleLocked starts or stops slots until n run. The newest slots stop
-// first, after draining for up to the stop grace.
+// first, after draining.
 func (p *Pool) scaleLocked(n int, reason string) {
 	if n != len(p.workers) {
 		p.logger.Info("scaling worker pool",
@@ -122,14 +178,7 @@ func (p *Pool) scaleLocked(n int, reason string) {
 			zap.String("reason", reason))
 	}
 	for len(p.workers) < n {
-		w := &Worker{
-			Index:  len(p.workers),
-			pool:   p,
-			state:  StateStarting,
-			stopCh: make(chan struct{}),
-			done:   make(chan struct{}),
-		}
-		w.logger = p.logger.With(zap.Int("worker", w.Index))
+		w := p.newWorkerLocked(len(p.workers))
 		p.workers = append(p.workers, w)
 		go w.run()
 	}
@@ -137,9 +186,90 @@ func (p *Pool) scaleLocked(n int, reason string) {
 		last := len(p.workers) - 1
 		w := p.workers[last]
 		p.workers = p.workers[:last]
-		p.retire(w, "scaled down", p.spec.StopGrace)
+		p.retire(w, "scaled down", p.spec.Drain)
 	}
 	p.refreshReadyLocked()
+}
+
+// rollLocked starts replacing every worker of an older generation, unless
+// a replacement is under way already, which then takes the new generation
+// into account.
+func (p *Pool) rollLocked(reason string) {
+	p.gen++
+	p.rollWhy = reason
+	p.logger.Info("replacing workers one at a time", zap.String("reason", reason))
+	p.refreshReadyLocked()
+	if p.rolling {
+		return
+	}
+	p.rolling = true
+	go p.roll()
+}
+
+// roll replaces outdated workers one at a time: it starts a new worker for
+// the slot, waits until it is ready, swaps it in and lets the old one
+// drain and stop.
+func (p *Pool) roll() {
+	for {
+		p.mu.Lock()
+		old := p.outdatedLocked()
+		if p.closed || old == nil {
+			p.rolling = false
+			if !p.closed {
+				p.logger.Info("all workers replaced")
+			}
+			p.mu.Unlock()
+			return
+		}
+		fresh := p.newWorkerLocked(old.Index)
+		p.incoming[fresh] = true
+		reason := p.rollWhy
+		p.mu.Unlock()
+
+		go fresh.run()
+		ready := p.waitFor(fresh)
+
+		p.mu.Lock()
+		delete(p.incoming, fresh)
+		pos := slices.Index(p.workers, old)
+		if !ready || pos < 0 {
+			// superseded, closed, or the slot was scaled away meanwhile
+			p.retire(fresh, "replacement no longer needed", 0)
+		} else {
+			p.workers[pos] = fresh
+			p.retire(old, reason, p.spec.Drain)
+		}
+		p.refreshReadyLocked()
+		p.mu.Unlock()
+	}
+}
+
+// outdatedLocked returns the first worker of an older generation, or nil.
+func (p *Pool) outdatedLocked() *Worker {
+	for _, w := range p.workers {
+		if w.gen != p.gen {
+			return w
+		}
+	}
+	return nil
+}
+
+// waitFor waits until the new worker w is ready, and reports false if the
+// pool closed or moved on to a newer generation first.
+func (p *Pool) waitFor(w *Worker) bool {
+	for {
+		p.mu.Lock()
+		changed := p.changed
+		current := !p.closed && w.gen == p.gen
+		p.mu.Unlock()
+		if !current {
+			return false
+		}
+		if w.isReady() {
+			return true
+		}
+		<-changed
+	}
 }
 
 // retire stops w in the background.
@@ -170,6 +300,9 @@ func (p *Pool) Close(reason string, drain time.Duration, wait bool) {
 	p.workers = nil
 	for _, w := range workers {
 		p.retire(w, reason, drain)
+	}
+	for w := range p.incoming {
+		p.retire(w, reason, 0)
 	}
 	p.refreshReadyLocked()
 	p.mu.Unlock()
@@ -257,6 +390,9 @@ type Status struct {
 func (p *Pool) Status() Status {
 	p.mu.Lock()
 	workers := append([]*Worker(nil), p.workers...)
+	for w := range p.incoming {
+		workers = append(workers, w)
+	}
 	project := p.spec.Project
 	p.mu.Unlock()
 	st := Status{Project: project, Ready: len(p.Ready()), Workers: []WorkerStatus{}}

@@ -5,7 +5,10 @@ package workerpool
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
+
+	"go.uber.org/zap"
 )
 
 // TODO: process groups and a parent-death signal are set up on Linux only;
@@ -27,3 +30,12 @@ func signalGroup(pid int, sig syscall.Signal) error {
 	}
 	return p.Signal(sig)
 }
+
+// supervisorEnv marks the workers a process started.
+const supervisorEnv = "OXIAN_HV_SUPERVISOR"
+
+// supervisorMark identifies this process.
+var supervisorMark = strconv.Itoa(os.Getpid())
+
+// SweepLeftovers does nothing on this system.
+func SweepLeftovers(*zap.Logger) int { return 0 }

@@ -43,6 +43,44 @@ type Spec struct {
 	// StopGrace is how long a worker may take to exit after SIGTERM
 	// before its process group is killed.
 	StopGrace time.Duration
+
+	// Drain is how long a worker that is being stopped (scaled down,
+	// replaced, shut down) may finish its requests in flight before it
+	// gets SIGTERM.
+	Drain time.Duration
+}
+
+// Hooks are called on events in the life of a pool's workers, with the
+// worker's index. Any of them may be nil. They must not block.
+type Hooks struct {
+	// Ready is called when a new process first passes its health probe,
+	// with the time it took from spawn.
+	Ready func(worker int, startup time.Duration)
+
+	// Restarting is called when a worker's process ended and will be
+	// started again.
+	Restarting func(worker int)
+
+	// Failed is called when a worker is marked failed.
+	Failed func(worker int)
+}
+
+func (h Hooks) ready(worker int, startup time.Duration) {
+	if h.Ready != nil {
+		h.Ready(worker, startup)
+	}
+}
+
+func (h Hooks) restarting(worker int) {
+	if h.Restarting != nil {
+		h.Restarting(worker)
+	}
+}
+
+func (h Hooks) failed(worker int) {
+	if h.Failed != nil {
+		h.Failed(worker)
+	}
 }
 
 // HealthSpec says how workers are probed for readiness.
@@ -115,6 +153,9 @@ func (s Spec) withDefaults() Spec {
 	}
 	if s.StopGrace <= 0 {
 		s.StopGrace = 10 * time.Second
+	}
+	if s.Drain <= 0 {
+		s.Drain = 30 * time.Second
 	}
 	return s
 }

@@ -33,17 +33,25 @@ const (
 	StateUnhealthy State = "unhealthy"
 	// StateBackoff: the process ended and waits to be started again.
 	StateBackoff State = "backoff"
+	// StateFailed: the process failed quickly too often in a row; it is
+	// retried on a slow schedule.
+	StateFailed State = "failed"
 	// StateStopping: the worker drains and its process is being stopped.
 	StateStopping State = "stopping"
 	// StateStopped: the worker was stopped for good.
 	StateStopped State = "stopped"
 )
 
-// restart backoff bounds
+// restarts: a process that was not ready for minUptime failed quickly;
+// after maxQuickFailures quick failures in a row a worker is marked failed
+// and retried every failedRetry; before that it waits from backoffBase,
+// doubling up to backoffMax
 const (
-	backoffBase   = 100 * time.Millisecond
-	backoffMax    = 30 * time.Second
-	stableRunTime = 10 * time.Second
+	backoffBase      = 100 * time.Millisecond
+	backoffMax       = 10 * time.Second
+	minUptime        = time.Second
+	maxQuickFailures = 5
+	failedRetry      = 30 * time.Second
 )
 
 // probe pacing while a worker starts: every startProbeFirst for the first
@@ -62,6 +70,7 @@ type Worker struct {
 
 	pool   *Pool
 	logger *zap.Logger
+	gen    int
 
 	inflight atomic.Int64
 
@@ -72,6 +81,7 @@ type Worker struct {
 	addr      string
 	restarts  int
 	lastError string
+	readyAt   time.Time
 
 	stopOnce   sync.Once
 	stopCh     chan struct{}
@@ -160,9 +170,8 @@ func (w *Worker) setError(err error) {
 func (w *Worker) run() {
 	defer close(w.done)
 
-	attempt := 0
+	quickFailures := 0
 	for {
-		began := time.Now()
 		err := w.runOnce()
 		if w.stopping() {
 			w.setState(StateStopped)
@@ -170,21 +179,35 @@ func (w *Worker) run() {
 			return
 		}
 
-		// a process that ran well for a while starts a fresh backoff series
-		if time.Since(began) >= stableRunTime {
-			attempt = 0
-		}
-		attempt++
-		backoff := backoffFor(attempt)
-		w.setError(err)
-		w.setState(StateBackoff)
+		// a process that never got ready, or died soon after, failed
+		// quickly; enough of those in a row mark the worker failed
 		w.mu.Lock()
+		stable := !w.readyAt.IsZero() && time.Since(w.readyAt) >= minUptime
+		w.readyAt = time.Time{}
 		w.restarts++
 		w.mu.Unlock()
-		w.logger.Warn("restarting worker",
-			zap.Int("attempt", attempt),
-			zap.Duration("backoff", backoff),
-			zap.String("reason", err.Error()))
+		if stable {
+			quickFailures = 0
+		}
+		quickFailures++
+		backoff := backoffFor(quickFailures)
+		w.setError(err)
+		if quickFailures > maxQuickFailures {
+			backoff = failedRetry
+			w.setState(StateFailed)
+			w.logger.Error("worker failed",
+				zap.Int("quick_failures", quickFailures-1),
+				zap.Duration("retry_in", backoff),
+				zap.String("reason", err.Error()))
+			w.pool.hooks.failed(w.Index)
+		} else {
+			w.setState(StateBackoff)
+			w.logger.Warn("restarting worker",
+				zap.Int("attempt", quickFailures),
+				zap.Duration("backoff", backoff),
+				zap.String("reason", err.Error()))
+		}
+		w.pool.hooks.restarting(w.Index)
 
 		timer := time.NewTimer(backoff)
 		select {
@@ -277,6 +300,7 @@ func (w *Worker) command(spec Spec, port int) *exec.Cmd {
 		env = append(env, k+"="+strings.ReplaceAll(spec.Env[k], PortPlaceholder, p))
 	}
 	env = append(env,
+		supervisorEnv+"="+supervisorMark,
 		"PORT="+p,
 		"OXIAN_HV_WORKER="+strconv.Itoa(w.Index),
 		"OXIAN_HV_PROJECT="+spec.Project,
@@ -320,7 +344,12 @@ func (w *Worker) watch(spec Spec, logger *zap.Logger, pid int, exited <-chan err
 			fails = 0
 			if !w.isReady() {
 				if !everReady {
-					logger.Info("worker ready", zap.Duration("startup", time.Since(spawned)))
+					startup := time.Since(spawned)
+					logger.Info("worker ready", zap.Duration("startup", startup))
+					w.mu.Lock()
+					w.readyAt = time.Now()
+					w.mu.Unlock()
+					w.pool.hooks.ready(w.Index, startup)
 				} else {
 					logger.Info("worker back in rotation")
 				}

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# CPU and allocation profiles of Caddy under load, for (b) plain
+# reverse_proxy and (c) oxian_hv, taken from Caddy's admin endpoint
+# /debug/pprof (admin on 127.0.0.1 for this run only). See bench/README.md.
+#
+# Run from the repository root:   bash bench/profile.sh
+set -euo pipefail
+
+ROUTE=${ROUTE:-/api/hello}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-32}
+SECONDS_PROFILED=${SECONDS_PROFILED:-10}
+CONFIGS=${CONFIGS:-"b c"}
+
+APP_PORT1=${APP_PORT1:-19101}
+APP_PORT2=${APP_PORT2:-19102}
+RP_PORT=${RP_PORT:-19180}
+OX_PORT=${OX_PORT:-19181}
+OX_BASE_PORT=${OX_BASE_PORT:-19201}
+RP_ADMIN=${RP_ADMIN:-19190}
+OX_ADMIN=${OX_ADMIN:-19191}
+OUT=${OUT:-/tmp/oxian-bench}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PROF_DIR="$ROOT/bench/results/profile"
+PIDFILE="$OUT/pids"
+
+log() { printf '[profile] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+mkdir -p "$OUT" "$PROF_DIR"
+PIDS=()
+stop_pid() {
+	local pid=$1 i
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 1 100); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${PIDS[@]:+${PIDS[@]}}"; do stop_pid "$pid"; done
+	wait 2>/dev/null || true
+	rm -f "$PIDFILE"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+[[ -f $PIDFILE ]] && die "$PIDFILE exists: is bench/run.sh running? (delete the file if not)"
+port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$RP_ADMIN" "$OX_ADMIN" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
+	port_busy "$p" && die "port $p is already in use"
+done
+start() {
+	local logf=$1
+	shift
+	"$@" >"$logf" 2>&1 &
+	PIDS+=("$!")
+	echo "$! $1" >>"$PIDFILE"
+}
+wait_ok() {
+	local i
+	for i in $(seq 1 300); do
+		curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+		sleep 0.2
+	done
+	die "no answer from $1"
+}
+
+log "building"
+go build -o "$OUT/caddy" ./cmd/caddy
+go build -o "$OUT/app" ./caddy-examples/app
+export XDG_CONFIG_HOME="$OUT/xdg-config" XDG_DATA_HOME="$OUT/xdg-data"
+
+# same sites as bench/run.sh, but with the admin endpoint on 127.0.0.1
+global() {
+	printf '{\n\tadmin 127.0.0.1:%s\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n' "$1"
+}
+{
+	global "$RP_ADMIN"
+	cat <<EOF
+:$RP_PORT {
+	bind 127.0.0.1
+	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
+		lb_policy round_robin
+	}
+}
+EOF
+} >"$OUT/Caddyfile.rp-admin"
+{
+	global "$OX_ADMIN"
+	cat <<EOF
+:$OX_PORT {
+	bind 127.0.0.1
+	oxian_hv {
+		project bench
+		command $OUT/app
+		workers 2
+		worker_base_port $OX_BASE_PORT
+		strategy round_robin
+	}
+}
+EOF
+} >"$OUT/Caddyfile.oxian-admin"
+
+: >"$PIDFILE"
+start "$OUT/app-$APP_PORT1.log" "$OUT/app" -port "$APP_PORT1"
+start "$OUT/app-$APP_PORT2.log" "$OUT/app" -port "$APP_PORT2"
+wait_ok "http://127.0.0.1:$APP_PORT1/_health"
+wait_ok "http://127.0.0.1:$APP_PORT2/_health"
+start "$OUT/caddy-rp-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rp-admin" --adapter caddyfile
+start "$OUT/caddy-oxian-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.oxian-admin" --adapter caddyfile
+wait_ok "http://127.0.0.1:$RP_PORT/api/hello"
+wait_ok "http://127.0.0.1:$OX_PORT/api/hello"
+sleep 2 # let both oxian_hv workers become ready
+
+declare -A URL=([b]="http://127.0.0.1:$RP_PORT" [c]="http://127.0.0.1:$OX_PORT")
+declare -A ADMIN=([b]="$RP_ADMIN" [c]="$OX_ADMIN")
+
+for cfg in $CONFIGS; do
+	admin="http://127.0.0.1:${ADMIN[$cfg]}/debug/pprof"
+	log "($cfg): warm-up 2s"
+	wrk -t"$THREADS" -c"$CONNS" -d2s "${URL[$cfg]}$ROUTE" >/dev/null
+	dur=$((SECONDS_PROFILED + 4))
+	log "($cfg): wrk -t$THREADS -c$CONNS -d${dur}s --latency ${URL[$cfg]}$ROUTE, profiling ${SECONDS_PROFILED}s"
+	wrk -t"$THREADS" -c"$CONNS" -d"${dur}s" --latency "${URL[$cfg]}$ROUTE" >"$PROF_DIR/wrk-$cfg.txt" 2>&1 &
+	wrk_pid=$!
+	sleep 2
+	curl -fsS --max-time $((SECONDS_PROFILED + 20)) -o "$PROF_DIR/cpu-$cfg.pprof" "$admin/profile?seconds=$SECONDS_PROFILED" &
+	cpu_pid=$!
+	curl -fsS --max-time $((SECONDS_PROFILED + 20)) -o "$PROF_DIR/allocs-$cfg.pprof" "$admin/allocs?seconds=$SECONDS_PROFILED"
+	wait "$cpu_pid"
+	wait "$wrk_pid"
+	go tool pprof -top -nodecount=60 "$OUT/caddy" "$PROF_DIR/cpu-$cfg.pprof" >"$PROF_DIR/cpu-$cfg-top.txt" 2>/dev/null
+	go tool pprof -top -cum -nodecount=100000 -nodefraction=0 -edgefraction=0 "$OUT/caddy" "$PROF_DIR/cpu-$cfg.pprof" >"$PROF_DIR/cpu-$cfg-cum.txt" 2>/dev/null
+	go tool pprof -top -sample_index=alloc_space -nodecount=40 "$OUT/caddy" "$PROF_DIR/allocs-$cfg.pprof" >"$PROF_DIR/allocs-$cfg-top.txt" 2>/dev/null
+	go tool pprof -top -sample_index=alloc_objects -nodecount=40 "$OUT/caddy" "$PROF_DIR/allocs-$cfg.pprof" >"$PROF_DIR/allocobj-$cfg-top.txt" 2>/dev/null
+	awk '/^Requests\/sec:/ {print "  req/s " $2} $1 == "99%" {print "  p99   " $2}' "$PROF_DIR/wrk-$cfg.txt" >&2
+done
+
+log "profiles and pprof -top output in $PROF_DIR"
+for cfg in $CONFIGS; do
+	echo "== ($cfg) functions of github.com/oxian-hv/oxian-hv (flat, cum):"
+	grep "oxian-hv" "$PROF_DIR/cpu-$cfg-cum.txt" || echo "   (none)"
+done
