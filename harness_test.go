@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -50,6 +51,7 @@ func runTests(m *testing.M) int {
 // loopback port.
 type server struct {
 	t      *testing.T
+	port   int
 	base   string
 	client *http.Client
 }
@@ -71,18 +73,126 @@ func freePort(t *testing.T) int {
 func startCaddy(t *testing.T, directives string) *server {
 	t.Helper()
 	port := freePort(t)
-	caddyfile := fmt.Sprintf("{\n\tauto_https off\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", port, directives)
-	cfgJSON := adaptCaddyfile(t, caddyfile)
-	if err := caddy.Load(cfgJSON, true); err != nil {
-		t.Fatalf("loading config: %v\n%s", err, caddyfile)
-	}
 	s := &server{
 		t:      t,
+		port:   port,
 		base:   fmt.Sprintf("http://127.0.0.1:%d", port),
 		client: &http.Client{Timeout: 20 * time.Second},
 	}
+	s.load(directives)
 	t.Cleanup(func() { stopCaddy(t) })
 	return s
+}
+
+// load runs a new config on the server's port, as a config reload does.
+func (s *server) load(directives string) {
+	s.t.Helper()
+	caddyfile := fmt.Sprintf("{\n\tauto_https off\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", s.port, directives)
+	if err := caddy.Load(adaptCaddyfile(s.t, caddyfile), true); err != nil {
+		s.t.Fatalf("loading config: %v\n%s", err, caddyfile)
+	}
+}
+
+// load is GET traffic from a few clients until stopped.
+type load struct {
+	retryConnErrors bool
+
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	served  int
+	failed  int
+	retried int
+	samples []string
+}
+
+// fetch sends a GET and reads the whole response.
+func fetch(client *http.Client, url string) (*http.Response, []byte, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
+}
+
+// startLoad sends GET path from clients goroutines until the returned
+// load is stopped; each request is bounded by the client's timeout.
+func (s *server) startLoad(path string, clients int) *load {
+	return s.startLoadRetrying(path, clients, false)
+}
+
+// startLoadRetrying is startLoad whose clients, with retryConnErrors, try
+// a request once more when its connection failed before any response.
+//
+// That is for config reloads: on Linux, Caddy opens a new listening socket
+// for the new config and closes the old one, and a connection the kernel
+// queued on the old socket in the moment between is reset. That happens
+// before any handler sees the request, with or without this module.
+func (s *server) startLoadRetrying(path string, clients int, retryConnErrors bool) *load {
+	l := &load{stop: make(chan struct{}), retryConnErrors: retryConnErrors}
+	for range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			// one kept-alive connection per client, as a browser or a load
+			// balancer in front would hold
+			client := &http.Client{
+				Timeout:   10 * time.Second,
+				Transport: &http.Transport{MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1},
+			}
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				resp, body, err := fetch(client, s.base+path)
+				if err != nil && l.retryConnErrors {
+					// a connection Caddy's listener dropped gets one more try
+					l.mu.Lock()
+					l.retried++
+					l.mu.Unlock()
+					resp, body, err = fetch(client, s.base+path)
+				}
+				l.mu.Lock()
+				switch {
+				case err != nil:
+					l.failed++
+					l.samples = append(l.samples, err.Error())
+				case resp.StatusCode != http.StatusOK:
+					l.failed++
+					l.samples = append(l.samples, fmt.Sprintf("status %d: %s", resp.StatusCode, body))
+				default:
+					l.served++
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+// count returns the requests served so far.
+func (l *load) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.served
+}
+
+// finish stops the load and fails the test if any request failed.
+func (l *load) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if l.failed > 0 {
+		t.Fatalf("%d of %d requests failed; first: %v", l.failed, l.failed+l.served, l.samples[:min(3, len(l.samples))])
+	}
+	if l.served == 0 {
+		t.Fatal("the load served no request")
+	}
+	t.Logf("%d requests served, none failed (%d retried after a connection error)", l.served, l.retried)
 }
 
 // adaptCaddyfile turns a Caddyfile into JSON config that neither persists

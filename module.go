@@ -28,6 +28,10 @@ const (
 	retryInterval   = 10 * time.Millisecond
 	failDuration    = time.Second
 	requestIDHeader = "X-Request-Id"
+
+	// Retry-After of 503 answers: while workers start, and once all failed
+	retryAfter       = "1"
+	failedRetryAfter = "30"
 )
 
 // Handler runs a pool of worker processes and proxies requests to them with
@@ -224,6 +228,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.addLogFields(r, rw.requestID)
 
+	// a pool whose workers all failed cannot answer soon: say so at once
+	if pool := h.handle.pool.Load(); pool != nil && !pool.Live() {
+		w.Header().Set("Retry-After", failedRetryAfter)
+		err := h.writeError(w, r, rw.requestID, http.StatusServiceUnavailable,
+			fmt.Sprintf("no worker of project %s is ready: all its workers failed", h.Project), nil)
+		observeRequest(h.Project, "", http.StatusServiceUnavailable, false, time.Since(began))
+		return err
+	}
+
 	// deadlines: total bounds everything, proxy.timeout the wait for headers
 	var ctx context.Context
 	var cancel context.CancelFunc
@@ -256,6 +269,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	status := rw.status
 	switch rw.state.Load() {
 	case stateTimedOut:
+		if worker == "" {
+			status = http.StatusServiceUnavailable
+			err = h.writeUnavailable(w, r, rw.requestID,
+				fmt.Sprintf("none got ready within %s", time.Duration(h.Proxy.Timeout)), nil)
+			break
+		}
 		status = http.StatusGatewayTimeout
 		err = h.writeError(w, r, rw.requestID, status,
 			fmt.Sprintf("no response from a worker within %s", time.Duration(h.Proxy.Timeout)), nil)
@@ -278,9 +297,8 @@ func (h *Handler) answerProxyError(w http.ResponseWriter, r *http.Request, reque
 	}
 	switch herr.StatusCode {
 	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", "1")
-		return herr.StatusCode, h.writeError(w, r, requestID, herr.StatusCode,
-			fmt.Sprintf("no worker of project %s is ready", h.Project), herr.Err)
+		return herr.StatusCode, h.writeUnavailable(w, r, requestID,
+			fmt.Sprintf("none got ready within %s", time.Duration(h.Proxy.Timeout)), herr.Err)
 	case http.StatusGatewayTimeout:
 		return herr.StatusCode, h.writeError(w, r, requestID, herr.StatusCode,
 			"the worker did not answer in time", herr.Err)
@@ -289,6 +307,14 @@ func (h *Handler) answerProxyError(w http.ResponseWriter, r *http.Request, reque
 			"the worker failed to answer", herr.Err)
 	}
 	return herr.StatusCode, err
+}
+
+// writeUnavailable answers 503 with Retry-After: the pool has no ready
+// worker, for the reason given.
+func (h *Handler) writeUnavailable(w http.ResponseWriter, r *http.Request, requestID, why string, cause error) error {
+	w.Header().Set("Retry-After", retryAfter)
+	return h.writeError(w, r, requestID, http.StatusServiceUnavailable,
+		fmt.Sprintf("no worker of project %s is ready: %s", h.Project, why), cause)
 }
 
 // writeError answers with status and a JSON body that says what happened.

@@ -117,7 +117,10 @@ wait_ok() {
 }
 
 # ---------------------------------------------------------------------- build
-log "building $OUT/caddy and $OUT/app"
+GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+[[ $GIT_DIRTY -gt 0 ]] && GIT_REV="$GIT_REV + $GIT_DIRTY modified file(s)"
+log "building $OUT/caddy and $OUT/app (source $GIT_REV)"
 go build -o "$OUT/caddy" ./cmd/caddy
 go build -o "$OUT/app" ./caddy-examples/app
 
@@ -260,7 +263,7 @@ MD="$RESULTS_DIR/latest.md"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 awk -F'\t' -v rounds="$ROUNDS" -v dur="$DURATION" -v threads="$THREADS" \
 	-v load="load average before the measurements $LOAD_BEFORE, after $LOAD_AFTER" \
-	-v date="$(date -u '+%Y-%m-%d %H:%M:%SZ')" -v host="$(nproc) cores, $(uname -r)" '
+	-v date="$(date -u '+%Y-%m-%d %H:%M:%SZ')" -v host="$(nproc) cores, $(uname -r), $(go env GOVERSION), source $GIT_REV" '
 function name(c) { return c == "a" ? "(a) direct" : c == "b" ? "(b) reverse_proxy" : "(c) oxian_hv" }
 NR == 1 { next }
 {

@@ -379,6 +379,27 @@ func (p *Pool) refreshReadyLocked() {
 	p.changed = make(chan struct{})
 }
 
+// Live reports whether the pool has a worker that is ready or on its way
+// there: not every worker is failed or stopped. A pool that is not live
+// cannot serve a request soon.
+func (p *Pool) Live() bool {
+	if len(p.Ready()) > 0 {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.started && !p.closed {
+		return true
+	}
+	for _, w := range p.workers {
+		switch w.currentState() {
+		case StateStarting, StateReady, StateUnhealthy, StateBackoff:
+			return true
+		}
+	}
+	return len(p.incoming) > 0
+}
+
 // Status is a snapshot of a pool, for health output.
 type Status struct {
 	Project string         `json:"project"`

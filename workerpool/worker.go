@@ -154,6 +154,12 @@ func (w *Worker) setState(s State) {
 	}
 }
 
+func (w *Worker) currentState() State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state
+}
+
 func (w *Worker) isReady() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
