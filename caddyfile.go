@@ -17,9 +17,9 @@ func init() {
 
 // The subdirectives allowed in each block, in the order they are documented.
 var (
-	topSubdirectives      = []string{"project", "command", "dir", "env", "workers", "worker_base_port", "stop_grace", "strategy", "sticky_header", "health", "proxy", "timeouts"}
+	topSubdirectives      = []string{"project", "command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "health", "proxy", "timeouts"}
 	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
-	proxySubdirectives    = []string{"timeout", "pass_request_id", "forward_headers"}
+	proxySubdirectives    = []string{"timeout", "stream_close_delay", "pass_request_id", "forward_headers"}
 	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
 )
 
@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    workers          <n>|auto
 //	    worker_base_port <port>
 //	    stop_grace       <duration>
+//	    drain_timeout    <duration>
 //	    strategy         round_robin|least_busy|sticky
 //	    sticky_header    <header>
 //	    health {
@@ -66,9 +67,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        fails         <n>
 //	    }
 //	    proxy {
-//	        timeout         <duration>
-//	        pass_request_id [true|false]
-//	        forward_headers <header...>
+//	        timeout            <duration>
+//	        stream_close_delay <duration>
+//	        pass_request_id    [true|false]
+//	        forward_headers    <header...>
 //	    }
 //	    timeouts {
 //	        connect <duration>
@@ -159,6 +161,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.StopGrace = dur
+
+		case "drain_timeout":
+			dur, err := durationArg(d, "drain_timeout")
+			if err != nil {
+				return err
+			}
+			h.DrainTimeout = dur
 
 		case "strategy":
 			v, err := singleArg(d)
@@ -279,6 +288,13 @@ func (h *Handler) unmarshalProxy(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Proxy.Timeout = dur
+
+		case "stream_close_delay":
+			dur, err := durationArg(d, "proxy.stream_close_delay")
+			if err != nil {
+				return err
+			}
+			h.Proxy.StreamCloseDelay = dur
 
 		case "pass_request_id":
 			pass := true

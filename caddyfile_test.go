@@ -30,6 +30,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				workers          4
 				worker_base_port 9200
 				stop_grace       15s
+				drain_timeout    40s
 				strategy         sticky
 				sticky_header    X-Session
 				health {
@@ -42,6 +43,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				}
 				proxy {
 					timeout         45s
+					stream_close_delay 10m
 					pass_request_id false
 					forward_headers X-Tenant X-User
 					forward_headers X-Trace
@@ -65,6 +67,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 					Workers:        4,
 					WorkerBasePort: 9200,
 					StopGrace:      caddy.Duration(15 * time.Second),
+					DrainTimeout:   caddy.Duration(40 * time.Second),
 					Strategy:       StrategySticky,
 					StickyHeader:   "X-Session",
 					Health: HealthConfig{
@@ -76,9 +79,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 						Fails:        5,
 					},
 					Proxy: ProxyConfig{
-						Timeout:        caddy.Duration(45 * time.Second),
-						PassRequestID:  &no,
-						ForwardHeaders: []string{"X-Tenant", "X-User", "X-Trace"},
+						Timeout:          caddy.Duration(45 * time.Second),
+						StreamCloseDelay: caddy.Duration(10 * time.Minute),
+						PassRequestID:    &no,
+						ForwardHeaders:   []string{"X-Tenant", "X-User", "X-Trace"},
 					},
 					Timeouts: TimeoutsConfig{
 						Connect: caddy.Duration(time.Second),
@@ -173,7 +177,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 			name:  "unknown top-level subdirective",
 			input: "oxian_hv {\n foo bar\n}",
 			want: []string{"unknown subdirective 'foo' in oxian_hv",
-				"allowed: project, command, dir, env, workers, worker_base_port, stop_grace, strategy, sticky_header, health, proxy, timeouts"},
+				"allowed: project, command, dir, env, workers, worker_base_port, stop_grace, drain_timeout, strategy, sticky_header, health, proxy, timeouts"},
 		},
 		{
 			name:  "unknown health subdirective",
@@ -183,7 +187,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{
 			name:  "unknown proxy subdirective",
 			input: "oxian_hv {\n proxy {\n  foo\n }\n}",
-			want:  []string{"unknown subdirective 'foo' in proxy", "allowed: timeout, pass_request_id, forward_headers"},
+			want:  []string{"unknown subdirective 'foo' in proxy", "allowed: timeout, stream_close_delay, pass_request_id, forward_headers"},
 		},
 		{
 			name:  "unknown timeouts subdirective",
