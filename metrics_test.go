@@ -48,8 +48,8 @@ func TestMetricsExposition(t *testing.T) {
 			metricValue(body, `oxian_hv_ready_workers{project="metered"}`) == 2
 	})
 	for metric, atLeast := range map[string]float64{
-		`oxian_hv_requests_total{code="200",project="metered",worker="0"}`:     5,
-		`oxian_hv_requests_total{code="200",project="metered",worker="1"}`:     5,
+		`oxian_hv_requests_total{code="200",project="metered",worker="0"}`:      5,
+		`oxian_hv_requests_total{code="200",project="metered",worker="1"}`:      5,
 		`oxian_hv_request_duration_seconds_count{project="metered",worker="0"}`: 5,
 		`oxian_hv_worker_spawn_duration_seconds_count{project="metered"}`:       3,
 		`oxian_hv_workers{project="metered",state="ready"}`:                     2,
