@@ -110,15 +110,20 @@ func (p *Pool) Reconfigure(spec Spec) {
 		return
 	}
 	p.spec = spec
+	id := spec.Identity()
+	changed := id != p.identity
+	p.identity = id
 	if !p.started {
 		return
 	}
+
+	// a new generation first, so that workers added below start as part
+	// of it and are not replaced again
+	if changed {
+		p.rollLocked("command, directory or environment changed")
+	}
 	if len(p.workers) != spec.Workers {
 		p.scaleLocked(spec.Workers, "config change")
-	}
-	if id := spec.Identity(); id != p.identity {
-		p.identity = id
-		p.rollLocked("command, directory or environment changed")
 	}
 }
 
