@@ -23,7 +23,8 @@ OUT=${OUT:-/tmp/oxian-bench}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-PROF_DIR="$ROOT/bench/results/profile"
+ROUTE_NAME=${ROUTE#/}
+PROF_DIR="$ROOT/bench/results/profile/${ROUTE_NAME//\//_}"
 PIDFILE="$OUT/pids"
 
 log() { printf '[profile] %s\n' "$*" >&2; }
@@ -119,7 +120,14 @@ start "$OUT/caddy-rp-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rp-adm
 start "$OUT/caddy-oxian-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.oxian-admin" --adapter caddyfile
 wait_ok "http://127.0.0.1:$RP_PORT/api/hello"
 wait_ok "http://127.0.0.1:$OX_PORT/api/hello"
-sleep 2 # let both oxian_hv workers become ready
+# both oxian_hv workers must be ready
+ready=0
+for i in $(seq 1 300); do
+	ready=$(curl -fsS --max-time 1 "http://127.0.0.1:$OX_PORT/_health" 2>/dev/null | grep -o '"ready": *[0-9]*' | grep -o '[0-9]*$' || true)
+	[[ ${ready:-0} -ge 2 ]] && break
+	sleep 0.2
+done
+[[ ${ready:-0} -ge 2 ]] || die "oxian_hv does not show 2 ready workers"
 
 declare -A URL=([b]="http://127.0.0.1:$RP_PORT" [c]="http://127.0.0.1:$OX_PORT")
 declare -A ADMIN=([b]="$RP_ADMIN" [c]="$OX_ADMIN")
@@ -145,8 +153,71 @@ for cfg in $CONFIGS; do
 	awk '/^Requests\/sec:/ {print "  req/s " $2} $1 == "99%" {print "  p99   " $2}' "$PROF_DIR/wrk-$cfg.txt" >&2
 done
 
+# Per-request figures: CPU seconds of the Caddy process and of some
+# functions (cumulative), divided by the requests served while profiling.
+SUMMARY="$PROF_DIR/summary.md"
+{
+	echo "# Caddy CPU per request, $ROUTE, -c$CONNS, ${SECONDS_PROFILED}s profiles"
+	echo
+	echo "Source $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u '+%Y-%m-%d %H:%M:%SZ'). Cumulative CPU time (the function and what it calls) per request, in µs."
+	echo
+	printf '| function |'
+	for cfg in $CONFIGS; do printf ' (%s) µs/req |' "$cfg"; done
+	echo
+	printf '|---|'
+	for cfg in $CONFIGS; do printf -- '---:|'; done
+	echo
+	funcs=(
+		"total (all samples)"
+		'caddyhttp.(*Server).ServeHTTP'
+		'oxian-hv.(*Handler).ServeHTTP'
+		'reverseproxy.(*Handler).ServeHTTP'
+		'reverseproxy.(*Handler).proxyLoopIteration'
+		'reverseproxy.(*HTTPTransport).RoundTrip'
+		'oxian-hv.(*poolSource).GetUpstreams'
+		'reverseproxy.Handler.provisionUpstream'
+		'selection.(*Recorder).Select'
+		'oxian-hv.requestID'
+		'oxian-hv.(*Handler).addLogFields'
+		'oxian-hv.(*Handler).addWorkerLogField'
+		'oxian-hv.observeRequest'
+		'oxian-hv.(*responseWriter).WriteHeader'
+		'oxian-hv.(*responseWriter).Write'
+		'context.WithCancel'
+		'time.AfterFunc'
+		'caddy/v2.(*Replacer).Set'
+		'runtime.mallocgc'
+		'runtime.gcBgMarkWorker'
+		'internal/runtime/syscall/linux.Syscall6'
+	)
+	for fn in "${funcs[@]}"; do
+		printf '| `%s` |' "$fn"
+		for cfg in $CONFIGS; do
+			reqs=$(awk '/ requests in / {print $1}' "$PROF_DIR/wrk-$cfg.txt")
+			secs=$(awk '/ requests in / {sub(/s,$/, "", $4); print $4}' "$PROF_DIR/wrk-$cfg.txt")
+			if [[ $fn == total* ]]; then
+				v=$(awk '/^Duration:/ { for (i = 1; i <= NF; i++) if ($i == "=") { print $(i + 1); exit } }' "$PROF_DIR/cpu-$cfg-top.txt")
+			else
+				v=$(awk -v f="$fn" '{ n = $6; for (i = 7; i <= NF; i++) n = n " " $i } length(n) >= length(f) && substr(n, length(n) - length(f) + 1) == f { print $4; exit }' "$PROF_DIR/cpu-$cfg-cum.txt")
+			fi
+			# requests during the profile window: the wrk rate times its length
+			awk -v v="${v:-0s}" -v n="$reqs" -v d="$secs" -v p="$SECONDS_PROFILED" 'BEGIN {
+				x = v + 0; if (v ~ /ms$/) x /= 1000
+				if (x == 0) { printf " – |"; exit }
+				printf " %.2f |", x * 1e6 / (n / d * p) }'
+		done
+		echo
+	done
+	echo
+	for cfg in $CONFIGS; do
+		echo "($cfg): $(awk '/^Requests\/sec:/ {print $2 " req/s"}' "$PROF_DIR/wrk-$cfg.txt") while profiled."
+	done
+} >"$SUMMARY"
+
 log "profiles and pprof -top output in $PROF_DIR"
+cat "$SUMMARY"
 for cfg in $CONFIGS; do
+	echo
 	echo "== ($cfg) functions of github.com/oxian-hv/oxian-hv (flat, cum):"
 	grep "oxian-hv" "$PROF_DIR/cpu-$cfg-cum.txt" || echo "   (none)"
 done
