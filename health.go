@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/oxian-hv/oxian-hv/workerpool"
 )
@@ -83,9 +84,29 @@ func saneRequestID(id string) bool {
 	return true
 }
 
-// newRequestID returns 16 random bytes in hex.
-func newRequestID() string {
-	var b [16]byte
+// request ids are a random prefix drawn at start and a counter: unique
+// across processes, and cheap
+var (
+	requestIDPrefix  = newRequestIDPrefix()
+	requestIDCounter atomic.Uint64
+)
+
+// newRequestIDPrefix returns 8 random bytes in hex.
+func newRequestIDPrefix() string {
+	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// newRequestID returns 32 hex digits: the prefix and the next count.
+func newRequestID() string {
+	var b [32]byte
+	copy(b[:16], requestIDPrefix)
+	n := requestIDCounter.Add(1)
+	const digits = "0123456789abcdef"
+	for i := 31; i >= 16; i-- {
+		b[i] = digits[n&0xf]
+		n >>= 4
+	}
+	return string(b[:])
 }

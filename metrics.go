@@ -3,6 +3,7 @@ package oxianhv
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -101,15 +102,50 @@ func poolHooks(project string) workerpool.Hooks {
 	}
 }
 
-// observeRequest records a finished request.
-func observeRequest(project, worker string, status int, failed bool, took time.Duration) {
+// requestMetrics records the requests of one project. It keeps the metric
+// children it used, so that a request costs map lookups rather than the
+// hashing of label values.
+type requestMetrics struct {
+	project   string
+	requests  sync.Map // requestKey -> prometheus.Counter
+	durations sync.Map // worker -> prometheus.Observer
+	errors    sync.Map // worker -> prometheus.Counter
+}
+
+type requestKey struct {
+	worker string
+	status int
+}
+
+func newRequestMetrics(project string) *requestMetrics {
+	return &requestMetrics{project: project}
+}
+
+// observe records a finished request; worker is "" if none was chosen.
+func (rm *requestMetrics) observe(worker string, status int, failed bool, took time.Duration) {
 	if worker == "" {
 		worker = "none"
 	}
-	metricRequests.WithLabelValues(project, worker, strconv.Itoa(status)).Inc()
-	metricDuration.WithLabelValues(project, worker).Observe(took.Seconds())
+
+	key := requestKey{worker, status}
+	counter, ok := rm.requests.Load(key)
+	if !ok {
+		counter, _ = rm.requests.LoadOrStore(key, metricRequests.WithLabelValues(rm.project, worker, strconv.Itoa(status)))
+	}
+	counter.(prometheus.Counter).Inc()
+
+	duration, ok := rm.durations.Load(worker)
+	if !ok {
+		duration, _ = rm.durations.LoadOrStore(worker, metricDuration.WithLabelValues(rm.project, worker))
+	}
+	duration.(prometheus.Observer).Observe(took.Seconds())
+
 	if failed || status >= 500 {
-		metricErrors.WithLabelValues(project, worker).Inc()
+		errs, ok := rm.errors.Load(worker)
+		if !ok {
+			errs, _ = rm.errors.LoadOrStore(worker, metricErrors.WithLabelValues(rm.project, worker))
+		}
+		errs.(prometheus.Counter).Inc()
 	}
 }
 

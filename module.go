@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -63,6 +62,7 @@ type Handler struct {
 	handle    *poolHandle
 	transport *reverseproxy.HTTPTransport
 	rp        *reverseproxy.Handler
+	metrics   *requestMetrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -105,6 +105,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.rp = rp
 
 	registerMetrics(ctx, h.logger)
+	h.metrics = newRequestMetrics(h.Project)
 	return nil
 }
 
@@ -135,9 +136,13 @@ func (h *Handler) poolSpec() workerpool.Spec {
 // carries requests to the pool's workers.
 func (h *Handler) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, error) {
 	// the transport carries the connect, headers and idle timeouts
+	headerLimit := h.Proxy.Timeout
+	if h.Timeouts.Headers > 0 && h.Timeouts.Headers < headerLimit {
+		headerLimit = h.Timeouts.Headers
+	}
 	transport := &reverseproxy.HTTPTransport{
 		DialTimeout:           h.Timeouts.Connect,
-		ResponseHeaderTimeout: h.Timeouts.Headers,
+		ResponseHeaderTimeout: headerLimit,
 		ReadTimeout:           h.Timeouts.Idle,
 		WriteTimeout:          h.Timeouts.Idle,
 	}
@@ -176,6 +181,7 @@ func (h *Handler) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, err
 			HTTPTransport:  transport,
 			project:        h.Project,
 			headersTimeout: time.Duration(h.Timeouts.Headers),
+			proxyTimeout:   time.Duration(h.Proxy.Timeout),
 			logger:         h.logger,
 		},
 		DynamicUpstreams: &poolSource{handle: h.handle},
@@ -233,57 +239,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header().Set("Retry-After", failedRetryAfter)
 		err := h.writeError(w, r, rw.requestID, http.StatusServiceUnavailable,
 			fmt.Sprintf("no worker of project %s is ready: all its workers failed", h.Project), nil)
-		observeRequest(h.Project, "", http.StatusServiceUnavailable, false, time.Since(began))
+		h.metrics.observe("", http.StatusServiceUnavailable, false, time.Since(began))
 		return err
 	}
 
-	// deadlines: total bounds everything, proxy.timeout the wait for headers
-	var ctx context.Context
-	var cancel context.CancelFunc
+	// timeouts.total bounds everything; proxy.timeout is kept by the
+	// proxy's retry limit and the worker transport
 	if h.Timeouts.Total > 0 {
-		ctx, cancel = context.WithTimeout(r.Context(), time.Duration(h.Timeouts.Total))
-	} else {
-		ctx, cancel = context.WithCancel(r.Context())
+		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeouts.Total))
+		defer cancel()
+		r = r.WithContext(ctx)
 	}
-	defer cancel()
-	headerTimer := time.AfterFunc(time.Duration(h.Proxy.Timeout), func() {
-		if rw.state.CompareAndSwap(statePending, stateTimedOut) {
-			cancel()
-		}
-	})
-	defer headerTimer.Stop()
 
 	// proxy, counting the request on its worker until the body is sent
-	lease := new(selection.Lease)
-	defer lease.Release()
-	ctx = selection.WithLease(ctx, lease)
-	err := h.rp.ServeHTTP(rw, r.WithContext(ctx), next)
-	headerTimer.Stop()
+	defer rw.lease.Release()
+	err := h.rp.ServeHTTP(rw, r, next)
 	worker := ""
-	if t := lease.Current(); t != nil {
+	if t := rw.lease.Current(); t != nil {
 		worker = t.ID()
 		h.addWorkerLogField(r, worker)
 	}
 
-	// a request that never got response headers gets a clear answer
+	// a request that never got a response gets a clear answer
 	status := rw.status
-	switch rw.state.Load() {
-	case stateTimedOut:
-		if worker == "" {
-			status = http.StatusServiceUnavailable
-			err = h.writeUnavailable(w, r, rw.requestID,
-				fmt.Sprintf("none got ready within %s", time.Duration(h.Proxy.Timeout)), nil)
-			break
-		}
-		status = http.StatusGatewayTimeout
-		err = h.writeError(w, r, rw.requestID, status,
-			fmt.Sprintf("no response from a worker within %s", time.Duration(h.Proxy.Timeout)), nil)
-	case statePending:
-		if err != nil {
-			status, err = h.answerProxyError(w, r, rw.requestID, err)
-		}
+	if err != nil && status == 0 {
+		status, err = h.answerProxyError(w, r, rw.requestID, err)
 	}
-	observeRequest(h.Project, worker, status, err != nil, time.Since(began))
+	h.metrics.observe(worker, status, err != nil, time.Since(began))
 	return err
 }
 
@@ -301,7 +283,7 @@ func (h *Handler) answerProxyError(w http.ResponseWriter, r *http.Request, reque
 			fmt.Sprintf("none got ready within %s", time.Duration(h.Proxy.Timeout)), herr.Err)
 	case http.StatusGatewayTimeout:
 		return herr.StatusCode, h.writeError(w, r, requestID, herr.StatusCode,
-			"the worker did not answer in time", herr.Err)
+			"the request ran out of time (timeouts.total)", herr.Err)
 	case http.StatusBadGateway:
 		return herr.StatusCode, h.writeError(w, r, requestID, herr.StatusCode,
 			"the worker failed to answer", herr.Err)
@@ -344,6 +326,9 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, requestID s
 // addLogFields adds the project, the request id and the configured context
 // headers to the request's access log entry.
 func (h *Handler) addLogFields(r *http.Request, requestID string) {
+	if !accessLogged(r) {
+		return
+	}
 	extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
 	if !ok {
 		return
@@ -362,6 +347,9 @@ func (h *Handler) addLogFields(r *http.Request, requestID string) {
 // addWorkerLogField adds the worker that served the request to its access
 // log entry.
 func (h *Handler) addWorkerLogField(r *http.Request, worker string) {
+	if !accessLogged(r) {
+		return
+	}
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
 		extra.Set(zap.String("oxian_worker", worker))
 	}
@@ -370,51 +358,45 @@ func (h *Handler) addWorkerLogField(r *http.Request, worker string) {
 	}
 }
 
-// states of a response as the handler sees it
-const (
-	statePending  int32 = iota // nothing written yet
-	stateWritten               // the response has begun
-	stateTimedOut              // proxy.timeout passed first; the handler answers
-)
+// accessLogged reports whether the server writes access logs at all, so
+// that fields for them are not built in vain.
+func accessLogged(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return !ok || srv.Logs != nil
+}
 
-// responseWriter notes when the response begins, so that a request whose
-// headers come too late can be answered with 504 instead, and sets the
-// request id on the response.
+// responseWriter sets the request id on the response, notes its status,
+// and carries the request's lease.
 type responseWriter struct {
 	http.ResponseWriter
 	requestID string
-	state     atomic.Int32
 	status    int
+	lease     selection.Lease
 }
 
-// WriteHeader writes the header unless the handler already gave up on the
-// response. Informational responses other than 101 pass through.
+// Lease returns the request's lease, for the selection policy.
+func (rw *responseWriter) Lease() *selection.Lease { return &rw.lease }
+
+// WriteHeader sets the request id and writes the header. Informational
+// responses other than 101 pass through.
 func (rw *responseWriter) WriteHeader(status int) {
 	if status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
 		rw.ResponseWriter.WriteHeader(status)
 		return
 	}
-	if rw.state.CompareAndSwap(statePending, stateWritten) {
+	if rw.status == 0 {
+		rw.status = status
 		if rw.requestID != "" {
 			rw.ResponseWriter.Header().Set(requestIDHeader, rw.requestID)
 		}
 	}
-	if rw.state.Load() != stateWritten {
-		return
-	}
-	if rw.status == 0 {
-		rw.status = status
-	}
 	rw.ResponseWriter.WriteHeader(status)
 }
 
-// Write writes body bytes unless the handler gave up on the response.
+// Write writes body bytes, and the header first if it was not written.
 func (rw *responseWriter) Write(b []byte) (int, error) {
-	if rw.state.Load() == statePending {
+	if rw.status == 0 {
 		rw.WriteHeader(http.StatusOK)
-	}
-	if rw.state.Load() != stateWritten {
-		return 0, http.ErrHandlerTimeout
 	}
 	return rw.ResponseWriter.Write(b)
 }
@@ -427,4 +409,5 @@ var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ selection.LeaseHolder       = (*responseWriter)(nil)
 )

@@ -371,7 +371,7 @@ func TestTotalAndHeaderTimeouts(t *testing.T) {
 	// no headers within timeouts.headers: 504 at once, not retried
 	start := time.Now()
 	resp, body := s.get("/slow?ms=3000")
-	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "no response headers within 300ms") {
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "no response from a worker within 300ms (timeouts.headers)") {
 		t.Fatalf("headers timeout: status %d, want 504: %s", resp.StatusCode, body)
 	}
 	if took := time.Since(start); took > 1500*time.Millisecond {
@@ -489,4 +489,28 @@ func TestRetriesOnAnotherWorkerUnderLoad(t *testing.T) {
 		t.Fatalf("%d of %d requests failed while a worker died", failed, failed+served)
 	}
 	t.Logf("%d requests served while a worker died and came back", served)
+}
+
+func TestProxyTimeoutCountsTheWaitForAWorker(t *testing.T) {
+	s := startCaddy(t, pool("workers 1", "env TESTWORKER_START_DELAY 500ms", "proxy {\n timeout 1200ms\n}"))
+
+	// a request that waited for the worker to start has only the rest of
+	// proxy.timeout for its answer
+	start := time.Now()
+	resp, body := s.get("/slow?ms=5000")
+	took := time.Since(start)
+	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "within 1.2s (proxy.timeout)") {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	if took < 1100*time.Millisecond || took > 1800*time.Millisecond {
+		t.Fatalf("504 after %s, want about 1.2s", took)
+	}
+
+	// a late attempt that gets its headers in time streams its whole body
+	stopCaddy(t)
+	s = startCaddy(t, pool("workers 1", "env TESTWORKER_START_DELAY 500ms", "proxy {\n timeout 1200ms\n}"))
+	resp, body = s.get("/sse?events=4&interval_ms=300")
+	if resp.StatusCode != http.StatusOK || strings.Count(body, "data:") != 4 {
+		t.Fatalf("late stream: status %d, body %q", resp.StatusCode, body)
+	}
 }

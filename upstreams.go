@@ -40,10 +40,13 @@ func (ps *poolSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, e
 		addrs = pool.ReadyAddrs()
 	}
 
-	// the proxy writes state into each upstream, so every call needs its own
+	// the proxy writes state into each upstream, so every call needs its
+	// own; two allocations serve them all
+	backing := make([]reverseproxy.Upstream, len(addrs))
 	ups := make([]*reverseproxy.Upstream, len(addrs))
 	for i, addr := range addrs {
-		ups[i] = &reverseproxy.Upstream{Dial: addr}
+		backing[i].Dial = addr
+		ups[i] = &backing[i]
 	}
 	return ups, nil
 }

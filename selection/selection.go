@@ -109,6 +109,12 @@ func (l *Lease) Release() {
 	}
 }
 
+// LeaseHolder is a response writer that carries the request's lease, which
+// spares a context value per request.
+type LeaseHolder interface {
+	Lease() *Lease
+}
+
 type leaseKey struct{}
 
 // WithLease returns ctx carrying l.
@@ -123,7 +129,8 @@ func LeaseFrom(ctx context.Context) *Lease {
 }
 
 // Recorder is a selection policy that lets Inner choose and records the
-// choice in the request's lease.
+// choice in the request's lease, which it finds on the response writer
+// (a LeaseHolder) or else in the request context.
 type Recorder struct {
 	// Inner chooses the upstream.
 	Inner reverseproxy.Selector
@@ -141,7 +148,12 @@ func (rec *Recorder) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if up == nil {
 		return nil
 	}
-	lease := LeaseFrom(r.Context())
+	var lease *Lease
+	if lh, ok := w.(LeaseHolder); ok {
+		lease = lh.Lease()
+	} else {
+		lease = LeaseFrom(r.Context())
+	}
 	if lease == nil {
 		return up
 	}

@@ -46,6 +46,11 @@ func (ll *lineLogger) Write(p []byte) (int, error) {
 			}
 			break
 		}
+		for len(ll.buf[:i]) > maxLogLine {
+			ll.emit(ll.buf[:maxLogLine])
+			ll.buf = ll.buf[maxLogLine:]
+			i -= maxLogLine
+		}
 		ll.emit(ll.buf[:i])
 		ll.buf = ll.buf[i+1:]
 	}
@@ -53,6 +58,16 @@ func (ll *lineLogger) Write(p []byte) (int, error) {
 		ll.buf = nil
 	}
 	return len(p), nil
+}
+
+// flush logs what is left of an unfinished last line.
+func (ll *lineLogger) flush() {
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	if len(ll.buf) > 0 {
+		ll.emit(ll.buf)
+		ll.buf = nil
+	}
 }
 
 func (ll *lineLogger) emit(line []byte) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -163,6 +164,7 @@ func (p *Pool) Workers() int {
 func (p *Pool) newWorkerLocked(index int) *Worker {
 	w := &Worker{
 		Index:  index,
+		id:     strconv.Itoa(index),
 		pool:   p,
 		gen:    p.gen,
 		state:  StateStarting,
@@ -232,13 +234,19 @@ func (p *Pool) roll() {
 		p.mu.Unlock()
 
 		go fresh.run()
-		ready := p.waitFor(fresh)
+		ready := p.waitFor(fresh, old)
 
 		p.mu.Lock()
 		delete(p.incoming, fresh)
+		if p.closed {
+			// Close stopped the new worker along with the others
+			p.rolling = false
+			p.mu.Unlock()
+			return
+		}
 		pos := slices.Index(p.workers, old)
 		if !ready || pos < 0 {
-			// superseded, closed, or the slot was scaled away meanwhile
+			// superseded, or the slot was scaled away meanwhile
 			p.retire(fresh, "replacement no longer needed", 0)
 		} else {
 			p.workers[pos] = fresh
@@ -259,13 +267,14 @@ func (p *Pool) outdatedLocked() *Worker {
 	return nil
 }
 
-// waitFor waits until the new worker w is ready, and reports false if the
-// pool closed or moved on to a newer generation first.
-func (p *Pool) waitFor(w *Worker) bool {
+// waitFor waits until the new worker w is ready to take the place of old,
+// and reports false if the pool closed, moved on to a newer generation or
+// dropped old's slot first.
+func (p *Pool) waitFor(w, old *Worker) bool {
 	for {
 		p.mu.Lock()
 		changed := p.changed
-		current := !p.closed && w.gen == p.gen
+		current := !p.closed && w.gen == p.gen && slices.Contains(p.workers, old)
 		p.mu.Unlock()
 		if !current {
 			return false

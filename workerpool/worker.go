@@ -67,6 +67,7 @@ const (
 type Worker struct {
 	// Index numbers the worker within its pool, from 0.
 	Index int
+	id    string
 
 	pool   *Pool
 	logger *zap.Logger
@@ -81,6 +82,7 @@ type Worker struct {
 	addr      string
 	restarts  int
 	lastError string
+	lastExit  string
 	readyAt   time.Time
 
 	stopOnce   sync.Once
@@ -198,11 +200,14 @@ func (w *Worker) run() {
 		quickFailures++
 		backoff := backoffFor(quickFailures)
 		w.setError(err)
-		if quickFailures > maxQuickFailures {
+		w.mu.Lock()
+		w.lastExit = err.Error()
+		w.mu.Unlock()
+		if quickFailures >= maxQuickFailures {
 			backoff = failedRetry
 			w.setState(StateFailed)
 			w.logger.Error("worker failed",
-				zap.Int("quick_failures", quickFailures-1),
+				zap.Int("quick_failures", quickFailures),
 				zap.Duration("retry_in", backoff),
 				zap.String("reason", err.Error()))
 			w.pool.hooks.failed(w.Index)
@@ -286,6 +291,8 @@ func (w *Worker) runOnce() error {
 	// watch it; whatever happens, leave nothing of its process group behind
 	err = w.watch(spec, logger, pid, exited)
 	_ = signalGroup(pid, syscall.SIGKILL)
+	stdout.flush()
+	stderr.flush()
 	w.mu.Lock()
 	w.pid, w.addr = 0, ""
 	w.mu.Unlock()
@@ -354,6 +361,7 @@ func (w *Worker) watch(spec Spec, logger *zap.Logger, pid int, exited <-chan err
 					logger.Info("worker ready", zap.Duration("startup", startup))
 					w.mu.Lock()
 					w.readyAt = time.Now()
+					w.lastError = w.lastExit // probes while starting are not news
 					w.mu.Unlock()
 					w.pool.hooks.ready(w.Index, startup)
 				} else {
@@ -490,4 +498,4 @@ func (p *Pool) probe(addr string, hs HealthSpec) (int, error) {
 }
 
 // ID returns the worker's index as text, as logs and placeholders show it.
-func (w *Worker) ID() string { return strconv.Itoa(w.Index) }
+func (w *Worker) ID() string { return w.id }
