@@ -61,14 +61,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // requestID returns the request's id, keeping the client's X-Request-Id
 // when it is sane (at most maxRequestIDLen printable ASCII characters)
 // and generating one otherwise. The request carries it on to the worker.
-func requestID(r *http.Request) string {
-	id := r.Header.Get(requestIDHeader)
-	if saneRequestID(id) {
-		return id
+//
+// It returns the header value too, which the response can share.
+func requestID(r *http.Request) (string, []string) {
+	vals := r.Header[requestIDHeader]
+	if len(vals) == 1 && saneRequestID(vals[0]) {
+		return vals[0], vals
 	}
-	id = newRequestID()
-	r.Header.Set(requestIDHeader, id)
-	return id
+	id := newRequestID()
+	vals = []string{id}
+	r.Header[requestIDHeader] = vals
+	return id, vals
 }
 
 // saneRequestID reports whether a client's request id can be passed on.

@@ -26,7 +26,7 @@ func init() {
 const (
 	retryInterval   = 10 * time.Millisecond
 	failDuration    = time.Second
-	requestIDHeader = "X-Request-Id"
+	requestIDHeader = "X-Request-Id" // in canonical form
 
 	// Retry-After of 503 answers: while workers start, and once all failed
 	retryAfter       = "1"
@@ -229,7 +229,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// request id and context headers
 	rw := &responseWriter{ResponseWriter: w}
 	if *h.Proxy.PassRequestID {
-		rw.requestID = requestID(r)
+		rw.requestID, rw.requestIDValue = requestID(r)
 		repl.Set("http.oxian_hv.request_id", rw.requestID)
 	}
 	h.addLogFields(r, rw.requestID)
@@ -369,9 +369,10 @@ func accessLogged(r *http.Request) bool {
 // and carries the request's lease.
 type responseWriter struct {
 	http.ResponseWriter
-	requestID string
-	status    int
-	lease     selection.Lease
+	requestID      string
+	requestIDValue []string
+	status         int
+	lease          selection.Lease
 }
 
 // Lease returns the request's lease, for the selection policy.
@@ -386,8 +387,8 @@ func (rw *responseWriter) WriteHeader(status int) {
 	}
 	if rw.status == 0 {
 		rw.status = status
-		if rw.requestID != "" {
-			rw.ResponseWriter.Header().Set(requestIDHeader, rw.requestID)
+		if rw.requestIDValue != nil {
+			rw.ResponseWriter.Header()[requestIDHeader] = rw.requestIDValue
 		}
 	}
 	rw.ResponseWriter.WriteHeader(status)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -328,6 +329,20 @@ func TestRequestIDRoundTrip(t *testing.T) {
 	}
 	if got := headersSeen(resp, body)["X-Tenant-Id"]; got != "t1" {
 		t.Fatalf("worker saw tenant %q, want t1", got)
+	}
+
+	// two ids are one too many: the worker sees one fresh id
+	req, _ := http.NewRequest(http.MethodGet, s.base+"/headers", nil)
+	req.Header.Add("X-Request-Id", "first")
+	req.Header.Add("X-Request-Id", "second")
+	twice, err := s.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	twiceBody, _ := io.ReadAll(twice.Body)
+	twice.Body.Close()
+	if got := headersSeen(twice, string(twiceBody))["X-Request-Id"]; len(got) != 32 || got != twice.Header.Get("X-Request-Id") {
+		t.Fatalf("two client ids: worker saw %q, response carries %q", got, twice.Header.Values("X-Request-Id"))
 	}
 
 	// a missing or insane id is replaced by a fresh one, the same on both sides
