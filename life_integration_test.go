@@ -1,6 +1,7 @@
 package oxianhv
 
 import (
+	"bufio"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -113,7 +114,7 @@ func TestProjectLeavingConfigStops(t *testing.T) {
 	}
 }
 
-func TestWebSocketSurvivesReload(t *testing.T) {
+func TestStreamsSurviveReload(t *testing.T) {
 	s := startCaddy(t, pool("workers 1"))
 	s.waitReady(1)
 
@@ -137,8 +138,29 @@ func TestWebSocketSurvivesReload(t *testing.T) {
 		}
 	}
 	echo("before")
+
+	// an SSE stream is open across the reload as well
+	stream, err := s.client.Get(s.base + "/sse?events=0&interval_ms=50")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	events := bufio.NewReader(stream.Body)
+	if _, err := events.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+
 	s.load(pool("workers 1", "proxy {\n timeout 10s\n}"))
 	echo("after")
+
+	// the stream goes on after the reload
+	for range 6 {
+		line, err := events.ReadString('\n')
+		if err != nil {
+			t.Fatalf("SSE stream cut by the reload: %v", err)
+		}
+		_ = line
+	}
 }
 
 func TestCrashLoopingPoolFailsAloneAndAnswers503(t *testing.T) {

@@ -529,3 +529,38 @@ func TestProxyTimeoutCountsTheWaitForAWorker(t *testing.T) {
 		t.Fatalf("late stream: status %d, body %q", resp.StatusCode, body)
 	}
 }
+
+func TestAccessLogCarriesContextFields(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	s := startCaddy(t, fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t}\n", logFile)+
+		pool("project shop", "workers 1", "proxy {\n forward_headers X-Tenant-Id X-Correlation-Id\n}"))
+	s.waitReady(1)
+	s.worker("/whoami", "X-Tenant-Id", "acme", "X-Correlation-Id", "corr-7", "X-Request-Id", "req-42")
+
+	// the entry names the project, the worker, the request id and the
+	// context headers
+	var entry map[string]any
+	eventually(t, 10*time.Second, "access log entry", func() bool {
+		data, err := os.ReadFile(logFile)
+		if err != nil {
+			return false
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			if strings.Contains(line, `"/whoami"`) {
+				return json.Unmarshal([]byte(line), &entry) == nil
+			}
+		}
+		return false
+	})
+	for field, want := range map[string]string{
+		"oxian_project":             "shop",
+		"oxian_worker":              "0",
+		"request_id":                "req-42",
+		"oxian_hv.x-tenant-id":      "acme",
+		"oxian_hv.x-correlation-id": "corr-7",
+	} {
+		if got, _ := entry[field].(string); got != want {
+			t.Errorf("access log field %s = %q, want %q (entry %v)", field, got, want, entry)
+		}
+	}
+}
