@@ -16,7 +16,7 @@ const maxRequestIDLen = 128
 // healthReport is the hypervisor's answer on its health path.
 type healthReport struct {
 	// Status is `ok` while at least one worker is ready, `starting` before
-	// the pool exists, and `unavailable` otherwise.
+	// the pools exist, and `unavailable` otherwise.
 	Status   string              `json:"status"`
 	Projects []workerpool.Status `json:"projects"`
 }
@@ -24,12 +24,17 @@ type healthReport struct {
 // serveHealth answers with the state of the handler's pool: 200 while at
 // least one worker is ready, 503 otherwise.
 func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) error {
-	report := healthReport{Status: "starting", Projects: []workerpool.Status{}}
+	report := healthReport{Status: "unavailable", Projects: []workerpool.Status{}}
 	status := http.StatusServiceUnavailable
-	if pool := h.handle.pool.Load(); pool != nil {
+	for _, p := range h.projects {
+		pool := p.handle.pool.Load()
+		if pool == nil {
+			report.Status = "starting"
+			report.Projects = append(report.Projects, workerpool.Status{Project: p.name, Workers: []workerpool.WorkerStatus{}})
+			continue
+		}
 		ps := pool.Status()
 		report.Projects = append(report.Projects, ps)
-		report.Status = "unavailable"
 		if ps.Ready > 0 {
 			report.Status = "ok"
 			status = http.StatusOK
