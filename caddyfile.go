@@ -1,6 +1,7 @@
 package oxianhv
 
 import (
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -17,10 +18,13 @@ func init() {
 
 // The subdirectives allowed in each block, in the order they are documented.
 var (
-	topSubdirectives      = []string{"project", "command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "health", "proxy", "timeouts"}
+	workerSubdirectives   = []string{"command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "health", "proxy", "timeouts"}
 	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
 	proxySubdirectives    = []string{"timeout", "stream_close_delay", "pass_request_id", "forward_headers"}
 	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
+	topSubdirectives      = append([]string{"project", "base_path", "projects", "select"}, workerSubdirectives...)
+	projectSubdirectives  = append([]string{"base_path", "strip_path_prefix"}, workerSubdirectives...)
+	selectSubdirectives   = []string{"path_prefix", "host_equals", "host_prefix", "host_suffix", "method", "header", "match"}
 )
 
 // requestPortPlaceholder is what the Caddyfile adapter turns the shorthand
@@ -107,112 +111,146 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Project = v
 
-		case "command":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			h.Command = workerPlaceholders(args)
-
-		case "dir":
+		case "base_path":
 			v, err := singleArg(d)
 			if err != nil {
 				return err
 			}
-			h.Dir = v
+			h.BasePath = v
 
-		case "env":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.ArgErr()
-			}
-			key := args[0]
-			if key == "" || strings.ContainsAny(key, "=\x00") {
-				return d.Errf("env: invalid variable name %q", key)
-			}
-			if h.Env == nil {
-				h.Env = make(map[string]string)
-			}
-			h.Env[key] = strings.ReplaceAll(args[1], requestPortPlaceholder, "{port}")
-
-		case "workers":
-			v, err := singleArg(d)
-			if err != nil {
-				return err
-			}
-			if err := h.Workers.parse(v); err != nil {
-				return d.WrapErr(err)
-			}
-
-		case "worker_base_port":
-			v, err := singleArg(d)
-			if err != nil {
-				return err
-			}
-			port, err := strconv.Atoi(v)
-			if err != nil || port < 1 || port > 65535 {
-				return d.Errf("worker_base_port: want a port number 1-65535, got %q", v)
-			}
-			h.WorkerBasePort = port
-
-		case "stop_grace":
-			dur, err := durationArg(d, "stop_grace")
-			if err != nil {
-				return err
-			}
-			h.StopGrace = dur
-
-		case "drain_timeout":
-			dur, err := durationArg(d, "drain_timeout")
-			if err != nil {
-				return err
-			}
-			h.DrainTimeout = dur
-
-		case "strategy":
-			v, err := singleArg(d)
-			if err != nil {
-				return err
-			}
-			switch v {
-			case StrategyRoundRobin, StrategyLeastBusy, StrategySticky:
-			default:
-				return d.Errf("strategy: unknown strategy %q; want one of %s, %s, %s",
-					v, StrategyRoundRobin, StrategyLeastBusy, StrategySticky)
-			}
-			h.Strategy = v
-
-		case "sticky_header":
-			v, err := singleArg(d)
-			if err != nil {
-				return err
-			}
-			h.StickyHeader = v
-
-		case "health":
-			if err := h.unmarshalHealth(d); err != nil {
+		case "projects":
+			if err := h.unmarshalProjects(d); err != nil {
 				return err
 			}
 
-		case "proxy":
-			if err := h.unmarshalProxy(d); err != nil {
-				return err
-			}
-
-		case "timeouts":
-			if err := h.unmarshalTimeouts(d); err != nil {
+		case "select":
+			if err := h.unmarshalSelect(d); err != nil {
 				return err
 			}
 
 		default:
-			return unknownSubdirective(d, "oxian_hv", topSubdirectives)
+			handled, err := h.WorkerConfig.unmarshalWorkerSubdirective(d)
+			if err != nil {
+				return err
+			}
+			if !handled {
+				return unknownSubdirective(d, "oxian_hv", topSubdirectives)
+			}
 		}
 	}
 	return nil
 }
 
+// unmarshalWorkerSubdirective reads the subdirective at the dispenser if it
+// is one of the worker settings, which the handler and each project share,
+// and reports whether it was.
+func (wc *WorkerConfig) unmarshalWorkerSubdirective(d *caddyfile.Dispenser) (bool, error) {
+	switch d.Val() {
+	case "command":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return true, d.ArgErr()
+		}
+		wc.Command = workerPlaceholders(args)
+
+	case "dir":
+		v, err := singleArg(d)
+		if err != nil {
+			return true, err
+		}
+		wc.Dir = v
+
+	case "env":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return true, d.ArgErr()
+		}
+		key := args[0]
+		if key == "" || strings.ContainsAny(key, "=\x00") {
+			return true, d.Errf("env: invalid variable name %q", key)
+		}
+		if wc.Env == nil {
+			wc.Env = make(map[string]string)
+		}
+		wc.Env[key] = strings.ReplaceAll(args[1], requestPortPlaceholder, "{port}")
+
+	case "workers":
+		v, err := singleArg(d)
+		if err != nil {
+			return true, err
+		}
+		if err := wc.Workers.parse(v); err != nil {
+			return true, d.WrapErr(err)
+		}
+
+	case "worker_base_port":
+		v, err := singleArg(d)
+		if err != nil {
+			return true, err
+		}
+		port, err := strconv.Atoi(v)
+		if err != nil || port < 1 || port > 65535 {
+			return true, d.Errf("worker_base_port: want a port number 1-65535, got %q", v)
+		}
+		wc.WorkerBasePort = port
+
+	case "stop_grace":
+		dur, err := durationArg(d, "stop_grace")
+		if err != nil {
+			return true, err
+		}
+		wc.StopGrace = dur
+
+	case "drain_timeout":
+		dur, err := durationArg(d, "drain_timeout")
+		if err != nil {
+			return true, err
+		}
+		wc.DrainTimeout = dur
+
+	case "strategy":
+		v, err := singleArg(d)
+		if err != nil {
+			return true, err
+		}
+		switch v {
+		case StrategyRoundRobin, StrategyLeastBusy, StrategySticky:
+		default:
+			return true, d.Errf("strategy: unknown strategy %q; want one of %s, %s, %s",
+				v, StrategyRoundRobin, StrategyLeastBusy, StrategySticky)
+		}
+		wc.Strategy = v
+
+	case "sticky_header":
+		v, err := singleArg(d)
+		if err != nil {
+			return true, err
+		}
+		wc.StickyHeader = v
+
+	case "health":
+		if err := wc.unmarshalHealth(d); err != nil {
+			return true, err
+		}
+
+	case "proxy":
+		if err := wc.unmarshalProxy(d); err != nil {
+			return true, err
+		}
+
+	case "timeouts":
+		if err := wc.unmarshalTimeouts(d); err != nil {
+			return true, err
+		}
+
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
 // unmarshalHealth reads the health block.
-func (h *Handler) unmarshalHealth(d *caddyfile.Dispenser) error {
+func (wc *WorkerConfig) unmarshalHealth(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -223,7 +261,7 @@ func (h *Handler) unmarshalHealth(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			h.Health.Path = v
+			wc.Health.Path = v
 
 		case "method":
 			v, err := singleArg(d)
@@ -234,28 +272,28 @@ func (h *Handler) unmarshalHealth(d *caddyfile.Dispenser) error {
 			if method != "GET" && method != "HEAD" {
 				return d.Errf("health.method: want GET or HEAD, got %q", v)
 			}
-			h.Health.Method = method
+			wc.Health.Method = method
 
 		case "interval":
 			dur, err := durationArg(d, "health.interval")
 			if err != nil {
 				return err
 			}
-			h.Health.Interval = dur
+			wc.Health.Interval = dur
 
 		case "timeout":
 			dur, err := durationArg(d, "health.timeout")
 			if err != nil {
 				return err
 			}
-			h.Health.Timeout = dur
+			wc.Health.Timeout = dur
 
 		case "start_timeout":
 			dur, err := durationArg(d, "health.start_timeout")
 			if err != nil {
 				return err
 			}
-			h.Health.StartTimeout = dur
+			wc.Health.StartTimeout = dur
 
 		case "fails":
 			v, err := singleArg(d)
@@ -266,7 +304,7 @@ func (h *Handler) unmarshalHealth(d *caddyfile.Dispenser) error {
 			if err != nil || n < 1 {
 				return d.Errf("health.fails: want a number of at least 1, got %q", v)
 			}
-			h.Health.Fails = n
+			wc.Health.Fails = n
 
 		default:
 			return unknownSubdirective(d, "health", healthSubdirectives)
@@ -276,7 +314,7 @@ func (h *Handler) unmarshalHealth(d *caddyfile.Dispenser) error {
 }
 
 // unmarshalProxy reads the proxy block.
-func (h *Handler) unmarshalProxy(d *caddyfile.Dispenser) error {
+func (wc *WorkerConfig) unmarshalProxy(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -287,14 +325,14 @@ func (h *Handler) unmarshalProxy(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			h.Proxy.Timeout = dur
+			wc.Proxy.Timeout = dur
 
 		case "stream_close_delay":
 			dur, err := durationArg(d, "proxy.stream_close_delay")
 			if err != nil {
 				return err
 			}
-			h.Proxy.StreamCloseDelay = dur
+			wc.Proxy.StreamCloseDelay = dur
 
 		case "pass_request_id":
 			pass := true
@@ -311,14 +349,14 @@ func (h *Handler) unmarshalProxy(d *caddyfile.Dispenser) error {
 					return d.Errf("proxy.pass_request_id: want true or false, got %q", v)
 				}
 			}
-			h.Proxy.PassRequestID = &pass
+			wc.Proxy.PassRequestID = &pass
 
 		case "forward_headers":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			h.Proxy.ForwardHeaders = append(h.Proxy.ForwardHeaders, args...)
+			wc.Proxy.ForwardHeaders = append(wc.Proxy.ForwardHeaders, args...)
 
 		default:
 			return unknownSubdirective(d, "proxy", proxySubdirectives)
@@ -328,7 +366,7 @@ func (h *Handler) unmarshalProxy(d *caddyfile.Dispenser) error {
 }
 
 // unmarshalTimeouts reads the timeouts block.
-func (h *Handler) unmarshalTimeouts(d *caddyfile.Dispenser) error {
+func (wc *WorkerConfig) unmarshalTimeouts(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -336,13 +374,13 @@ func (h *Handler) unmarshalTimeouts(d *caddyfile.Dispenser) error {
 		var target *caddy.Duration
 		switch d.Val() {
 		case "connect":
-			target = &h.Timeouts.Connect
+			target = &wc.Timeouts.Connect
 		case "headers":
-			target = &h.Timeouts.Headers
+			target = &wc.Timeouts.Headers
 		case "idle":
-			target = &h.Timeouts.Idle
+			target = &wc.Timeouts.Idle
 		case "total":
-			target = &h.Timeouts.Total
+			target = &wc.Timeouts.Total
 		default:
 			return unknownSubdirective(d, "timeouts", timeoutsSubdirectives)
 		}
@@ -403,3 +441,133 @@ func workerPlaceholders(args []string) []string {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// unmarshalProjects reads the projects block:
+//
+//	projects {
+//	    <name> {
+//	        <worker subdirectives>
+//	        base_path         <path>
+//	        strip_path_prefix <prefix>
+//	    }
+//	}
+func (h *Handler) unmarshalProjects(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		if h.Projects == nil {
+			h.Projects = make(map[string]*ProjectConfig)
+		}
+		if _, dup := h.Projects[name]; dup {
+			return d.Errf("projects: project %s is defined twice", name)
+		}
+		pc := new(ProjectConfig)
+		h.Projects[name] = pc
+		for inner := d.Nesting(); d.NextBlock(inner); {
+			switch d.Val() {
+			case "base_path":
+				v, err := singleArg(d)
+				if err != nil {
+					return err
+				}
+				pc.Routing.BasePath = v
+			case "strip_path_prefix":
+				v, err := singleArg(d)
+				if err != nil {
+					return err
+				}
+				pc.StripPathPrefix = v
+			default:
+				handled, err := pc.WorkerConfig.unmarshalWorkerSubdirective(d)
+				if err != nil {
+					return err
+				}
+				if !handled {
+					return unknownSubdirective(d, "project "+name, projectSubdirectives)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// unmarshalSelect reads the select block:
+//
+//	select {
+//	    <project> {
+//	        path_prefix <prefix>
+//	        host_equals <host>
+//	        host_prefix <prefix>
+//	        host_suffix <suffix>
+//	        method      <method>
+//	        header      <name> <value|regexp>
+//	        match {
+//	            <caddy matchers>
+//	        }
+//	    }
+//	    default <project>
+//	}
+func (h *Handler) unmarshalSelect(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() == "default" {
+			name, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			h.Select = append(h.Select, SelectRule{Project: name, Default: true})
+			continue
+		}
+		rule := SelectRule{Project: d.Val()}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		when := new(WhenConfig)
+		for inner := d.Nesting(); d.NextBlock(inner); {
+			field := d.Val()
+			switch field {
+			case "path_prefix", "host_equals", "host_prefix", "host_suffix", "method":
+				v, err := singleArg(d)
+				if err != nil {
+					return err
+				}
+				*map[string]*string{
+					"path_prefix": &when.PathPrefix,
+					"host_equals": &when.HostEquals,
+					"host_prefix": &when.HostPrefix,
+					"host_suffix": &when.HostSuffix,
+					"method":      &when.Method,
+				}[field] = v
+			case "header":
+				args := d.RemainingArgs()
+				if len(args) != 2 {
+					return d.ArgErr()
+				}
+				if when.Header == nil {
+					when.Header = make(map[string]string)
+				}
+				when.Header[args[0]] = args[1]
+			case "match":
+				set, err := caddyhttp.ParseCaddyfileNestedMatcherSet(d)
+				if err != nil {
+					return d.Errf("select %s: match: %v", rule.Project, err)
+				}
+				rule.MatchRaw = append(rule.MatchRaw, set)
+			default:
+				return unknownSubdirective(d, "select rule", selectSubdirectives)
+			}
+		}
+		if !reflect.DeepEqual(*when, WhenConfig{}) {
+			rule.When = when
+		}
+		h.Select = append(h.Select, rule)
+	}
+	return nil
+}

@@ -38,15 +38,16 @@ const (
 )
 
 // WorkerCount is a number of workers: a positive integer, or `auto` (JSON
-// and Caddyfile) for one worker per CPU core. The zero value means `auto`.
+// and Caddyfile) for one worker per CPU core. The zero value means unset,
+// which is `auto` unless a project inherits another count.
 type WorkerCount int
 
 // workersAuto marks the count `auto` once parsed.
-const workersAuto WorkerCount = 0
+const workersAuto WorkerCount = -1
 
 // Resolve returns the number of workers to run.
 func (wc WorkerCount) Resolve() int {
-	if wc == workersAuto {
+	if wc <= 0 {
 		return runtime.NumCPU()
 	}
 	return int(wc)
@@ -54,7 +55,7 @@ func (wc WorkerCount) Resolve() int {
 
 // MarshalJSON writes `auto` or the number.
 func (wc WorkerCount) MarshalJSON() ([]byte, error) {
-	if wc == workersAuto {
+	if wc <= 0 {
 		return []byte(`"auto"`), nil
 	}
 	return []byte(strconv.Itoa(int(wc))), nil
@@ -288,7 +289,7 @@ func (wc *WorkerConfig) validate() error {
 	if len(wc.Command) == 0 || strings.TrimSpace(wc.Command[0]) == "" {
 		return fmt.Errorf("command: required: the program (and arguments) that starts one worker")
 	}
-	if wc.Workers < 0 {
+	if wc.Workers < 0 && wc.Workers != workersAuto {
 		return fmt.Errorf("workers: must be at least 1 (or \"auto\"), got %d", wc.Workers)
 	}
 	if wc.WorkerBasePort < 1 || wc.WorkerBasePort > 65535 {

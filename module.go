@@ -1,9 +1,13 @@
 package oxianhv
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -46,15 +50,33 @@ const (
 // `{http.oxian_hv.worker}` | The index of the worker serving the request
 // `{http.oxian_hv.request_id}` | The request id passed to the worker
 type Handler struct {
-	// The name of the project served by this handler's pool. It names the
-	// pool in logs, health output and the worker environment
-	// (`OXIAN_HV_PROJECT`). Default: `default`.
+	// The name of the project served by this handler's pool, when it has
+	// no `projects`. It names the pool in logs, health output and the
+	// worker environment (`OXIAN_HV_PROJECT`). Default: `default`.
 	Project string `json:"project,omitempty"`
 
+	// The worker settings. With `projects`, they are the defaults each
+	// project overlays.
 	WorkerConfig
+
+	// Named projects, each with its own pool. Default: one project named
+	// by `project`, run with the top-level settings.
+	Projects map[string]*ProjectConfig `json:"projects,omitempty"`
+
+	// Rules that pick the project of a request, tried in order. Without
+	// rules, a request goes to the project whose `routing.base_path` is the
+	// longest prefix of its path. A request no rule picks goes to the next
+	// handler.
+	Select []SelectRule `json:"select,omitempty"`
+
+	// The API base path of projects that set none in `routing.base_path`.
+	// Requests that select a project but lie outside its base path go to
+	// the next handler. Default: `/`.
+	BasePath string `json:"base_path,omitempty"`
 
 	logger   *zap.Logger
 	projects []*project
+	router   *router
 }
 
 // CaddyModule returns the Caddy module information.
@@ -76,14 +98,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	app := appIface.(*App)
 
 	// the projects, with the handler's settings as their defaults
-	if h.Project == "" {
-		h.Project = defaultProject
-	}
-	p := &project{name: h.Project, cfg: h.WorkerConfig, logger: h.logger}
-	if err := p.provision(ctx, app); err != nil {
+	if err := h.setUpProjects(ctx, app); err != nil {
 		return err
 	}
-	h.projects = []*project{p}
 
 	registerMetrics(ctx, h.logger)
 	return nil
@@ -105,7 +122,102 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.URL.Path == h.healthPath() && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return h.serveHealth(w, r)
 	}
-	return h.projects[0].serve(w, r, next)
+
+	// the project, and whether the path is within its API
+	p := h.projects[0]
+	if h.router != nil {
+		var err error
+		p, err = h.router.route(r)
+		if err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("selecting project: %v", err))
+		}
+	}
+	if p == nil || !underPath(r.URL.Path, p.basePath) {
+		return next.ServeHTTP(w, r)
+	}
+	if p.stripPrefix != "" {
+		stripPrefix(r, p.stripPrefix)
+	}
+	return p.serve(w, r, next)
+}
+
+// setUpProjects provisions the projects and the router between them.
+func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
+	if h.BasePath != "" && !strings.HasPrefix(h.BasePath, "/") {
+		return fmt.Errorf("base_path: must start with '/', got %q", h.BasePath)
+	}
+
+	// one project from the top-level settings
+	if len(h.Projects) == 0 {
+		if len(h.Select) > 0 {
+			return fmt.Errorf("select: rules need projects to pick from")
+		}
+		if h.Project == "" {
+			h.Project = defaultProject
+		}
+		p := &project{name: h.Project, cfg: h.WorkerConfig, basePath: h.BasePath, logger: h.logger}
+		if err := p.provision(ctx, app); err != nil {
+			return err
+		}
+		h.projects = []*project{p}
+		return nil
+	}
+
+	// named projects over the top-level defaults
+	if h.Project != "" {
+		return fmt.Errorf("project: names the single project of a handler without projects; with projects, drop it")
+	}
+	byName := make(map[string]*project)
+	for _, name := range slices.Sorted(maps.Keys(h.Projects)) {
+		pc := h.Projects[name]
+		if pc == nil {
+			pc = new(ProjectConfig)
+		}
+		if name == "" || strings.ContainsAny(name, " /\t\n") {
+			return fmt.Errorf("projects: invalid project name %q", name)
+		}
+		p := &project{
+			name:        name,
+			cfg:         overlay(h.WorkerConfig, pc.WorkerConfig),
+			basePath:    cmp.Or(pc.Routing.BasePath, h.BasePath),
+			stripPrefix: pc.StripPathPrefix,
+			logger:      h.logger,
+		}
+		for field, path := range map[string]string{"routing.base_path": p.basePath, "strip_path_prefix": p.stripPrefix} {
+			if path != "" && !strings.HasPrefix(path, "/") {
+				return fmt.Errorf("project %s: %s: must start with '/', got %q", name, field, path)
+			}
+		}
+		if err := p.provision(ctx, app); err != nil {
+			return err
+		}
+		h.projects = append(h.projects, p)
+		byName[name] = p
+	}
+
+	// the router: select rules, or base paths
+	rt, err := newRouter(ctx, h.Select, byName)
+	if err != nil {
+		return err
+	}
+	if len(h.Select) == 0 {
+		var catchAll []string
+		for _, p := range h.projects {
+			if p.basePath == "" || p.basePath == "/" {
+				catchAll = append(catchAll, p.name)
+			}
+			rt.byBase = append(rt.byBase, p)
+		}
+		if len(catchAll) > 1 {
+			return fmt.Errorf("projects %s have no routing.base_path: give them base paths or add select rules",
+				strings.Join(catchAll, ", "))
+		}
+		slices.SortStableFunc(rt.byBase, func(a, b *project) int {
+			return len(strings.TrimSuffix(b.basePath, "/")) - len(strings.TrimSuffix(a.basePath, "/"))
+		})
+	}
+	h.router = rt
+	return nil
 }
 
 // healthPath is the path the hypervisor answers itself.
