@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -22,8 +23,9 @@ var (
 	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
 	proxySubdirectives    = []string{"timeout", "stream_close_delay", "pass_request_id", "forward_headers"}
 	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
-	topSubdirectives      = append([]string{"project", "base_path", "projects", "select"}, workerSubdirectives...)
-	projectSubdirectives  = append([]string{"base_path", "strip_path_prefix"}, workerSubdirectives...)
+	topSubdirectives      = append([]string{"project", "base_path", "projects", "select", "web", "on_request"}, workerSubdirectives...)
+	projectSubdirectives  = append([]string{"base_path", "strip_path_prefix", "web"}, workerSubdirectives...)
+	webSubdirectives      = []string{"dev_proxy_target", "static_dir", "static_cache_control"}
 	selectSubdirectives   = []string{"path_prefix", "host_equals", "host_prefix", "host_suffix", "method", "header", "match"}
 )
 
@@ -35,10 +37,11 @@ const requestPortPlaceholder = "{http.request.port}"
 // result as provisioning would, so that `caddy adapt` already reports bad
 // settings.
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	handler := new(Handler)
+	handler := &Handler{caddyfileHelper: &h}
 	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
 		return nil, err
 	}
+	handler.caddyfileHelper = nil
 
 	// check a copy with defaults applied; the config keeps only what was set
 	check := handler.WorkerConfig
@@ -125,6 +128,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 		case "select":
 			if err := h.unmarshalSelect(d); err != nil {
+				return err
+			}
+
+		case "web":
+			web, err := unmarshalWeb(d)
+			if err != nil {
+				return err
+			}
+			h.Web = web
+
+		case "on_request":
+			if err := h.unmarshalOnRequest(d); err != nil {
 				return err
 			}
 
@@ -482,6 +497,12 @@ func (h *Handler) unmarshalProjects(d *caddyfile.Dispenser) error {
 					return err
 				}
 				pc.StripPathPrefix = v
+			case "web":
+				web, err := unmarshalWeb(d)
+				if err != nil {
+					return err
+				}
+				pc.Web = web
 			default:
 				handled, err := pc.WorkerConfig.unmarshalWorkerSubdirective(d)
 				if err != nil {
@@ -569,5 +590,57 @@ func (h *Handler) unmarshalSelect(d *caddyfile.Dispenser) error {
 		}
 		h.Select = append(h.Select, rule)
 	}
+	return nil
+}
+
+// unmarshalWeb reads a web block:
+//
+//	web {
+//	    dev_proxy_target     <url>
+//	    static_dir           <dir>
+//	    static_cache_control <value>
+//	}
+func unmarshalWeb(d *caddyfile.Dispenser) (*WebConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	web := new(WebConfig)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		field := d.Val()
+		v, err := singleArg(d)
+		if err != nil {
+			return nil, err
+		}
+		switch field {
+		case "dev_proxy_target":
+			web.DevProxyTarget = v
+		case "static_dir":
+			web.StaticDir = v
+		case "static_cache_control":
+			web.StaticCacheControl = v
+		default:
+			return nil, unknownSubdirective(d, "web", webSubdirectives)
+		}
+	}
+	return web, nil
+}
+
+// unmarshalOnRequest reads the on_request block, whose lines are ordinary
+// Caddyfile handler directives, run in Caddy's directive order:
+//
+//	on_request {
+//	    request_header X-Project {http.oxian_hv.project}
+//	    rewrite * /v2{uri}
+//	}
+func (h *Handler) unmarshalOnRequest(d *caddyfile.Dispenser) error {
+	if h.caddyfileHelper == nil {
+		return d.Err("on_request: needs the Caddyfile adapter (use the oxian_hv directive in a site block)")
+	}
+	segment := d.NewFromNextSegment()
+	sub, err := httpcaddyfile.ParseSegmentAsSubroute(h.caddyfileHelper.WithDispenser(segment))
+	if err != nil {
+		return d.Errf("on_request: %v", err)
+	}
+	h.OnRequestRaw = append(h.OnRequestRaw, caddyconfig.JSONModuleObject(sub, "handler", "subroute", nil))
 	return nil
 }

@@ -87,7 +87,8 @@ func startCaddy(t *testing.T, directives string) *server {
 // load runs a new config on the server's port, as a config reload does.
 func (s *server) load(directives string) {
 	s.t.Helper()
-	caddyfile := fmt.Sprintf("{\n\tauto_https off\n\tadmin off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", s.port, directives)
+	// any host name, on loopback only
+	caddyfile := fmt.Sprintf("{\n\tauto_https off\n\tadmin off\n}\nhttp://:%d {\n\tbind 127.0.0.1\n%s\n}\n", s.port, directives)
 	if err := caddy.Load(adaptCaddyfile(s.t, caddyfile), true); err != nil {
 		s.t.Fatalf("loading config: %v\n%s", err, caddyfile)
 	}

@@ -2,6 +2,7 @@ package oxianhv
 
 import (
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -69,14 +71,30 @@ type Handler struct {
 	// handler.
 	Select []SelectRule `json:"select,omitempty"`
 
+	// What answers the paths outside a project's API base path, for
+	// projects that set no `web` of their own (they may overlay it).
+	// Default: such paths go to the next handler.
+	Web *WebConfig `json:"web,omitempty"`
+
+	// Caddy handlers run on each request after its project is chosen and
+	// before it is proxied: `request_header`, `rewrite`, `vars`,
+	// `forward_auth`, ... They can use `{http.oxian_hv.project}`. A handler
+	// that fails ends the request with 500; one that answers the request
+	// itself ends it there. Default: none.
+	OnRequestRaw []json.RawMessage `json:"on_request,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+
 	// The API base path of projects that set none in `routing.base_path`.
 	// Requests that select a project but lie outside its base path go to
 	// the next handler. Default: `/`.
 	BasePath string `json:"base_path,omitempty"`
 
-	logger   *zap.Logger
-	projects []*project
-	router   *router
+	logger    *zap.Logger
+	projects  []*project
+	router    *router
+	onRequest caddyhttp.MiddlewareHandler
+
+	// the Caddyfile adapter's helper, while the Caddyfile is parsed
+	caddyfileHelper *httpcaddyfile.Helper
 }
 
 // CaddyModule returns the Caddy module information.
@@ -100,6 +118,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// the projects, with the handler's settings as their defaults
 	if err := h.setUpProjects(ctx, app); err != nil {
 		return err
+	}
+
+	// the handlers run before proxying
+	if h.OnRequestRaw != nil {
+		h.onRequest, err = newOnRequest(ctx, h.OnRequestRaw)
+		if err != nil {
+			return err
+		}
 	}
 
 	registerMetrics(ctx, h.logger)
@@ -132,11 +158,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("selecting project: %v", err))
 		}
 	}
-	if p == nil || !underPath(r.URL.Path, p.basePath) {
+	if p == nil {
 		return next.ServeHTTP(w, r)
 	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("http.oxian_hv.project", p.name)
+
+	// outside the API: the front end, if any
+	if !underPath(r.URL.Path, p.basePath) {
+		return p.serveWeb(w, r, next)
+	}
+
+	// the API: strip, transform, proxy
 	if p.stripPrefix != "" {
 		stripPrefix(r, p.stripPrefix)
+	}
+	if h.onRequest != nil {
+		proceed, err := h.runOnRequest(w, r, p)
+		if !proceed || err != nil {
+			return err
+		}
 	}
 	return p.serve(w, r, next)
 }
@@ -155,7 +196,7 @@ func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
 		if h.Project == "" {
 			h.Project = defaultProject
 		}
-		p := &project{name: h.Project, cfg: h.WorkerConfig, basePath: h.BasePath, logger: h.logger}
+		p := &project{name: h.Project, cfg: h.WorkerConfig, basePath: h.BasePath, webConfig: h.Web, logger: h.logger}
 		if err := p.provision(ctx, app); err != nil {
 			return err
 		}
@@ -181,6 +222,7 @@ func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
 			cfg:         overlay(h.WorkerConfig, pc.WorkerConfig),
 			basePath:    cmp.Or(pc.Routing.BasePath, h.BasePath),
 			stripPrefix: pc.StripPathPrefix,
+			webConfig:   overlayWeb(h.Web, pc.Web),
 			logger:      h.logger,
 		}
 		for field, path := range map[string]string{"routing.base_path": p.basePath, "strip_path_prefix": p.stripPrefix} {

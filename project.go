@@ -25,6 +25,8 @@ type project struct {
 	cfg         WorkerConfig
 	basePath    string
 	stripPrefix string
+	webConfig   *WebConfig
+	web         caddyhttp.MiddlewareHandler
 
 	logger    *zap.Logger
 	handle    *poolHandle
@@ -55,6 +57,15 @@ func (p *project) provision(ctx caddy.Context, app *App) error {
 	}
 	p.rp = rp
 	p.metrics = newRequestMetrics(p.name)
+
+	// the front end
+	if err := validateWeb(p.webConfig); err != nil {
+		return fmt.Errorf("project %s: %v", p.name, err)
+	}
+	p.web, err = newWebHandler(ctx, p.webConfig)
+	if err != nil {
+		return fmt.Errorf("project %s: %v", p.name, err)
+	}
 	return nil
 }
 
@@ -170,7 +181,6 @@ func (p *project) cleanup() error {
 func (p *project) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	began := time.Now()
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.oxian_hv.project", p.name)
 
 	// request id and context headers
 	rw := &responseWriter{ResponseWriter: w}

@@ -26,6 +26,9 @@ type ProjectConfig struct {
 	// worker; the worker gets the prefix in `X-Forwarded-Prefix`. Default:
 	// none.
 	StripPathPrefix string `json:"strip_path_prefix,omitempty"`
+
+	// The project's front end, overlaying the handler's `web`.
+	Web *WebConfig `json:"web,omitempty"`
 }
 
 // RoutingConfig says which requests belong to a project.
