@@ -38,6 +38,7 @@ type App struct {
 	handles  map[string]*poolHandle
 	acquired []string
 	started  chan struct{}
+	running  bool
 }
 
 // poolHandle is a handler's way to its pool, which exists only once the
@@ -104,27 +105,54 @@ func (a *App) Start() error {
 
 	sweepOnce.Do(func() { workerpool.SweepLeftovers(a.logger) })
 
-	for key, ph := range a.handles {
-		spec := ph.spec
-		val, loaded, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
-			return &poolEntry{Pool: workerpool.New(spec, a.logger, poolHooks(spec.Project))}, nil
-		})
-		if err != nil {
-			return fmt.Errorf("starting pool of project %s: %v", spec.Project, err)
+	for _, ph := range a.handles {
+		if err := a.acquireLocked(ph); err != nil {
+			return err
 		}
-		a.acquired = append(a.acquired, key)
-		pool := val.(*poolEntry).Pool
-		if loaded {
-			pool.Reconfigure(spec)
-			a.logger.Info("keeping running worker pool",
-				zap.String("project", spec.Project),
-				zap.Int("workers", spec.Workers))
-		} else {
-			pool.Start()
-		}
-		ph.pool.Store(pool)
 	}
+	a.running = true
 	return nil
+}
+
+// acquireLocked starts the pool of ph, or takes it over from the previous
+// config.
+func (a *App) acquireLocked(ph *poolHandle) error {
+	spec := ph.spec
+	val, loaded, err := pools.LoadOrNew(spec.Project, func() (caddy.Destructor, error) {
+		return &poolEntry{Pool: workerpool.New(spec, a.logger, poolHooks(spec.Project))}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("starting pool of project %s: %v", spec.Project, err)
+	}
+	a.acquired = append(a.acquired, spec.Project)
+	pool := val.(*poolEntry).Pool
+	if loaded {
+		pool.Reconfigure(spec)
+		a.logger.Info("keeping running worker pool",
+			zap.String("project", spec.Project),
+			zap.Int("workers", spec.Workers))
+	} else {
+		pool.Start()
+	}
+	ph.pool.Store(pool)
+	return nil
+}
+
+// registerNow registers a pool while the config runs, for a project
+// created on demand, and starts it at once if the app has started.
+func (a *App) registerNow(spec workerpool.Spec) (*poolHandle, error) {
+	ph, err := a.register(spec)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.running && ph.pool.Load() == nil {
+		if err := a.acquireLocked(ph); err != nil {
+			return nil, err
+		}
+	}
+	return ph, nil
 }
 
 // Stop begins the shutdown of the pools when Caddy exits: each stops

@@ -23,7 +23,7 @@ var (
 	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
 	proxySubdirectives    = []string{"timeout", "stream_close_delay", "pass_request_id", "forward_headers"}
 	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
-	topSubdirectives      = append([]string{"project", "base_path", "projects", "select", "web", "on_request"}, workerSubdirectives...)
+	topSubdirectives      = append([]string{"project", "base_path", "projects", "select", "provider", "on_demand", "web", "on_request"}, workerSubdirectives...)
 	projectSubdirectives  = append([]string{"base_path", "strip_path_prefix", "web"}, workerSubdirectives...)
 	webSubdirectives      = []string{"dev_proxy_target", "static_dir", "static_cache_control"}
 	selectSubdirectives   = []string{"path_prefix", "host_equals", "host_prefix", "host_suffix", "method", "header", "match"}
@@ -45,6 +45,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 	// check a copy with defaults applied; the config keeps only what was set
 	check := handler.WorkerConfig
+	if len(check.Command) == 0 && (len(handler.Projects) > 0 || handler.ProviderRaw != nil) {
+		// projects, or the provider, bring their own commands
+		check.Command = []string{"-"}
+	}
 	check.applyDefaults()
 	if err := check.validate(); err != nil {
 		return nil, h.Errf("oxian_hv: %v", err)
@@ -137,6 +141,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Web = web
+
+		case "provider":
+			if err := h.unmarshalProvider(d); err != nil {
+				return err
+			}
+
+		case "on_demand":
+			if err := h.unmarshalOnDemand(d); err != nil {
+				return err
+			}
 
 		case "on_request":
 			if err := h.unmarshalOnRequest(d); err != nil {
@@ -483,35 +497,149 @@ func (h *Handler) unmarshalProjects(d *caddyfile.Dispenser) error {
 		}
 		pc := new(ProjectConfig)
 		h.Projects[name] = pc
-		for inner := d.Nesting(); d.NextBlock(inner); {
-			switch d.Val() {
-			case "base_path":
-				v, err := singleArg(d)
-				if err != nil {
-					return err
-				}
-				pc.Routing.BasePath = v
-			case "strip_path_prefix":
-				v, err := singleArg(d)
-				if err != nil {
-					return err
-				}
-				pc.StripPathPrefix = v
-			case "web":
-				web, err := unmarshalWeb(d)
-				if err != nil {
-					return err
-				}
-				pc.Web = web
-			default:
-				handled, err := pc.WorkerConfig.unmarshalWorkerSubdirective(d)
-				if err != nil {
-					return err
-				}
-				if !handled {
-					return unknownSubdirective(d, "project "+name, projectSubdirectives)
-				}
+		if err := pc.unmarshalBlock(d, "project "+name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalBlock reads the settings of a project, in the block that
+// begins at the dispenser.
+func (pc *ProjectConfig) unmarshalBlock(d *caddyfile.Dispenser, label string) error {
+	for inner := d.Nesting(); d.NextBlock(inner); {
+		switch d.Val() {
+		case "base_path":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
 			}
+			pc.Routing.BasePath = v
+		case "strip_path_prefix":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			pc.StripPathPrefix = v
+		case "web":
+			web, err := unmarshalWeb(d)
+			if err != nil {
+				return err
+			}
+			pc.Web = web
+		default:
+			handled, err := pc.WorkerConfig.unmarshalWorkerSubdirective(d)
+			if err != nil {
+				return err
+			}
+			if !handled {
+				return unknownSubdirective(d, label, projectSubdirectives)
+			}
+		}
+	}
+	return nil
+}
+
+// unmarshalProvider reads the provider subdirective, `provider <source>`
+// followed by the source module's own Caddyfile block.
+func (h *Handler) unmarshalProvider(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	source := d.Val()
+	mod, err := caddyfile.UnmarshalModule(d, "http.handlers.oxian_hv.providers."+source)
+	if err != nil {
+		return d.Errf("provider %s: %v", source, err)
+	}
+	h.ProviderRaw = caddyconfig.JSONModuleObject(mod, "source", source, nil)
+	return nil
+}
+
+// unmarshalOnDemand reads the on_demand block:
+//
+//	on_demand {
+//	    max_projects <n>
+//	    template {
+//	        <project subdirectives>
+//	    }
+//	}
+func (h *Handler) unmarshalOnDemand(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	h.OnDemand = new(OnDemandConfig)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "max_projects":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("on_demand.max_projects: want a number of at least 1, got %q", v)
+			}
+			h.OnDemand.MaxProjects = n
+		case "template":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := h.OnDemand.Template.unmarshalBlock(d, "on_demand template"); err != nil {
+				return err
+			}
+		default:
+			return unknownSubdirective(d, "on_demand", []string{"max_projects", "template"})
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the HTTP provider. Syntax:
+//
+//	provider http {
+//	    url       <url>
+//	    timeout   <duration>
+//	    headers   <header...>
+//	    cache_ttl <duration>
+//	    cache_key <key with placeholders>
+//	}
+//
+// The URL may also stand on the first line: `provider http <url>`.
+func (hp *HTTPProvider) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the source name
+	if d.NextArg() {
+		hp.URL = d.Val()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch field := d.Val(); field {
+		case "url", "cache_key":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if field == "url" {
+				hp.URL = v
+			} else {
+				hp.CacheKey = v
+			}
+		case "timeout", "cache_ttl":
+			dur, err := durationArg(d, "provider."+field)
+			if err != nil {
+				return err
+			}
+			if field == "timeout" {
+				hp.Timeout = dur
+			} else {
+				hp.CacheTTL = dur
+			}
+		case "headers":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			hp.Headers = append(hp.Headers, args...)
+		default:
+			return unknownSubdirective(d, "provider http", []string{"url", "timeout", "headers", "cache_ttl", "cache_key"})
 		}
 	}
 	return nil

@@ -26,7 +26,13 @@ type healthReport struct {
 func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) error {
 	report := healthReport{Status: "unavailable", Projects: []workerpool.Status{}}
 	status := http.StatusServiceUnavailable
-	for _, p := range h.projects {
+	h.dyn.mu.Lock()
+	projects := append([]*project(nil), h.projects...)
+	for _, p := range h.dyn.projects {
+		projects = append(projects, p)
+	}
+	h.dyn.mu.Unlock()
+	for _, p := range projects {
 		pool := p.handle.pool.Load()
 		if pool == nil {
 			report.Status = "starting"

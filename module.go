@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -83,15 +84,31 @@ type Handler struct {
 	// itself ends it there. Default: none.
 	OnRequestRaw []json.RawMessage `json:"on_request,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
 
+	// A provider that picks the project of each request, instead of
+	// `select` rules: `{"source": "http", "url": ...}` for the built-in
+	// HTTP provider, or a plugin's module. Default: none.
+	ProviderRaw json.RawMessage `json:"provider,omitempty" caddy:"namespace=http.handlers.oxian_hv.providers inline_key=source"`
+
+	// Lets the provider name projects the config does not have; they are
+	// created from a template. Default: off.
+	OnDemand *OnDemandConfig `json:"on_demand,omitempty"`
+
 	// The API base path of projects that set none in `routing.base_path`.
 	// Requests that select a project but lie outside its base path go to
 	// the next handler. Default: `/`.
 	BasePath string `json:"base_path,omitempty"`
 
 	logger    *zap.Logger
+	ctx       caddy.Context
+	app       *App
 	projects  []*project
+	byName    map[string]*project
 	router    *router
 	onRequest caddyhttp.MiddlewareHandler
+	provider  Provider
+
+	// projects created on demand, and proxies to provider targets
+	dyn *dynamicProjects
 
 	// the Caddyfile adapter's helper, while the Caddyfile is parsed
 	caddyfileHelper *httpcaddyfile.Helper
@@ -109,15 +126,46 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // and sets up the reverse proxies. It starts no process.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.ctx = ctx
+	h.dyn = &dynamicProjects{
+		projects: make(map[string]*project),
+		targets:  make(map[string]caddyhttp.MiddlewareHandler),
+	}
 	appIface, err := ctx.App("oxian")
 	if err != nil {
 		return fmt.Errorf("getting oxian app: %v", err)
 	}
 	app := appIface.(*App)
+	h.app = app
 
 	// the projects, with the handler's settings as their defaults
 	if err := h.setUpProjects(ctx, app); err != nil {
 		return err
+	}
+
+	h.byName = make(map[string]*project)
+	for _, p := range h.projects {
+		h.byName[p.name] = p
+	}
+
+	// the provider
+	if h.ProviderRaw != nil {
+		if len(h.Select) > 0 {
+			return fmt.Errorf("provider and select: use one or the other to pick projects")
+		}
+		mod, err := ctx.LoadModule(h, "ProviderRaw")
+		if err != nil {
+			return fmt.Errorf("loading provider: %v", err)
+		}
+		h.provider = mod.(Provider)
+		if h.OnDemand != nil && h.OnDemand.MaxProjects == 0 {
+			h.OnDemand.MaxProjects = 100
+		}
+		if h.OnDemand != nil && h.OnDemand.MaxProjects < 0 {
+			return fmt.Errorf("on_demand.max_projects: must not be negative, got %d", h.OnDemand.MaxProjects)
+		}
+	} else if h.OnDemand != nil {
+		return fmt.Errorf("on_demand: needs a provider to name the projects")
 	}
 
 	// the handlers run before proxying
@@ -139,6 +187,13 @@ func (h *Handler) Cleanup() error {
 	for _, p := range h.projects {
 		errs = append(errs, p.cleanup())
 	}
+	if h.dyn != nil {
+		h.dyn.mu.Lock()
+		for _, p := range h.dyn.projects {
+			errs = append(errs, p.cleanup())
+		}
+		h.dyn.mu.Unlock()
+	}
 	return errors.Join(errs...)
 }
 
@@ -149,14 +204,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveHealth(w, r)
 	}
 
-	// the project, and whether the path is within its API
-	p := h.projects[0]
-	if h.router != nil {
+	// the project: from the provider, the rules, or the only one
+	var p *project
+	var d *Decision
+	switch {
+	case h.provider != nil:
+		var ok bool
+		if d, ok = h.decide(w, r); !ok {
+			return nil
+		}
+		if d.Target != "" {
+			return h.serveTarget(w, r, next, d.Target)
+		}
 		var err error
-		p, err = h.router.route(r)
-		if err != nil {
+		if p, err = h.projectFor(d); err != nil {
+			status := http.StatusBadGateway
+			if errors.Is(err, errTooManyProjects) {
+				status = http.StatusServiceUnavailable
+				w.Header().Set("Retry-After", failedRetryAfter)
+			}
+			h.writeHandlerError(w, r, status, fmt.Sprintf("project %s is not available", d.Project), err)
+			return nil
+		}
+	case h.router != nil:
+		var err error
+		if p, err = h.router.route(r); err != nil {
 			return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("selecting project: %v", err))
 		}
+	default:
+		p = h.projects[0]
 	}
 	if p == nil {
 		return next.ServeHTTP(w, r)
@@ -170,8 +246,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// the API: strip, transform, proxy
-	if p.stripPrefix != "" {
-		stripPrefix(r, p.stripPrefix)
+	strip := p.stripPrefix
+	if d != nil {
+		strip = cmp.Or(d.StripPathPrefix, strip)
+		h.invalidate(p, d)
+	}
+	if strip != "" {
+		stripPrefix(r, strip)
 	}
 	if h.onRequest != nil {
 		proceed, err := h.runOnRequest(w, r, p)
@@ -188,6 +269,14 @@ func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
 		return fmt.Errorf("base_path: must start with '/', got %q", h.BasePath)
 	}
 
+	// with a provider, projects may all come on demand
+	if len(h.Projects) == 0 && h.ProviderRaw != nil {
+		if h.Project != "" {
+			return fmt.Errorf("project: with a provider, name projects in projects or on demand")
+		}
+		return nil
+	}
+
 	// one project from the top-level settings
 	if len(h.Projects) == 0 {
 		if len(h.Select) > 0 {
@@ -197,7 +286,7 @@ func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
 			h.Project = defaultProject
 		}
 		p := &project{name: h.Project, cfg: h.WorkerConfig, basePath: h.BasePath, webConfig: h.Web, logger: h.logger}
-		if err := p.provision(ctx, app); err != nil {
+		if err := p.provision(ctx, app, false); err != nil {
 			return err
 		}
 		h.projects = []*project{p}
@@ -214,7 +303,7 @@ func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
 		if pc == nil {
 			pc = new(ProjectConfig)
 		}
-		if name == "" || strings.ContainsAny(name, " /\t\n") {
+		if !validProjectName(name) {
 			return fmt.Errorf("projects: invalid project name %q", name)
 		}
 		p := &project{
@@ -230,14 +319,17 @@ func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
 				return fmt.Errorf("project %s: %s: must start with '/', got %q", name, field, path)
 			}
 		}
-		if err := p.provision(ctx, app); err != nil {
+		if err := p.provision(ctx, app, false); err != nil {
 			return err
 		}
 		h.projects = append(h.projects, p)
 		byName[name] = p
 	}
 
-	// the router: select rules, or base paths
+	// the router: select rules, or base paths; a provider needs neither
+	if h.ProviderRaw != nil {
+		return nil
+	}
 	rt, err := newRouter(ctx, h.Select, byName)
 	if err != nil {
 		return err
@@ -260,6 +352,52 @@ func (h *Handler) setUpProjects(ctx caddy.Context, app *App) error {
 	}
 	h.router = rt
 	return nil
+}
+
+// dynamicProjects holds what a handler creates while it serves.
+type dynamicProjects struct {
+	mu       sync.Mutex
+	projects map[string]*project
+	targets  map[string]caddyhttp.MiddlewareHandler
+}
+
+// validProjectName reports whether name can name a project.
+func validProjectName(name string) bool {
+	return name != "" && len(name) <= 128 && !strings.ContainsAny(name, " /\\\t\n\r\x00")
+}
+
+// serveTarget proxies a request to a provider's target.
+func (h *Handler) serveTarget(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, target string) error {
+	rp, err := h.targetProxy(target)
+	if err != nil {
+		h.writeHandlerError(w, r, http.StatusBadGateway, "the provider's target is not available", err)
+		return nil
+	}
+	return rp.ServeHTTP(w, r, next)
+}
+
+// invalidate replaces the workers of a pool that started before the
+// decision's invalidate_cache_at.
+func (h *Handler) invalidate(p *project, d *Decision) {
+	if d.InvalidateCacheAt == nil {
+		return
+	}
+	pool := p.handle.pool.Load()
+	if pool == nil || !pool.Since().Before(*d.InvalidateCacheAt) || d.InvalidateCacheAt.After(time.Now()) {
+		return
+	}
+	pool.Restart("the provider invalidated workers started before " + d.InvalidateCacheAt.Format(time.RFC3339))
+}
+
+// writeHandlerError answers with status and a JSON body, for errors that
+// belong to no project, and logs them.
+func (h *Handler) writeHandlerError(w http.ResponseWriter, r *http.Request, status int, msg string, cause error) {
+	h.logger.Warn(msg,
+		zap.Int("status", status),
+		zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI),
+		zap.Error(cause))
+	writeJSON(w, status, map[string]string{"error": msg + ": " + cause.Error()})
 }
 
 // healthPath is the path the hypervisor answers itself.

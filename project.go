@@ -36,8 +36,9 @@ type project struct {
 }
 
 // provision checks the project's settings, registers its pool with the
-// app and sets up its reverse proxy. It starts no process.
-func (p *project) provision(ctx caddy.Context, app *App) error {
+// app and sets up its reverse proxy. It starts no process, unless now is
+// set: then the pool starts at once if the config runs already.
+func (p *project) provision(ctx caddy.Context, app *App, now bool) error {
 	p.cfg.applyDefaults()
 	if err := p.cfg.validate(); err != nil {
 		return fmt.Errorf("project %s: %v", p.name, err)
@@ -45,7 +46,11 @@ func (p *project) provision(ctx caddy.Context, app *App) error {
 
 	// register the pool; the app starts it with the config
 	var err error
-	p.handle, err = app.register(p.poolSpec())
+	if now {
+		p.handle, err = app.registerNow(p.poolSpec())
+	} else {
+		p.handle, err = app.register(p.poolSpec())
+	}
 	if err != nil {
 		return err
 	}
@@ -70,8 +75,10 @@ func (p *project) provision(ctx caddy.Context, app *App) error {
 }
 
 // poolSpec turns the config into a pool spec.
-func (p *project) poolSpec() workerpool.Spec {
-	wc := p.cfg
+func (p *project) poolSpec() workerpool.Spec { return p.specFor(p.cfg) }
+
+// specFor turns worker settings of the project into a pool spec.
+func (p *project) specFor(wc WorkerConfig) workerpool.Spec {
 	return workerpool.Spec{
 		Project:  p.name,
 		Command:  wc.Command,

@@ -31,6 +31,7 @@ type Pool struct {
 	gen      int
 	rolling  bool
 	rollWhy  string
+	since    time.Time
 	started  bool
 	closed   bool
 	changed  chan struct{}
@@ -91,6 +92,7 @@ func (p *Pool) Start() {
 		return
 	}
 	p.started = true
+	p.since = time.Now()
 	p.logger.Info("starting worker pool",
 		zap.Int("workers", p.spec.Workers),
 		zap.Strings("command", p.spec.Command))
@@ -152,6 +154,14 @@ func (p *Pool) Scale(n int) {
 	}
 }
 
+// Since returns when the pool's current generation of workers was begun:
+// when it started, or when its last replacement of all workers began.
+func (p *Pool) Since() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.since
+}
+
 // Workers returns the number of workers the pool keeps running.
 func (p *Pool) Workers() int {
 	p.mu.Lock()
@@ -203,6 +213,7 @@ func (p *Pool) scaleLocked(n int, reason string) {
 // into account.
 func (p *Pool) rollLocked(reason string) {
 	p.gen++
+	p.since = time.Now()
 	p.rollWhy = reason
 	p.logger.Info("replacing workers one at a time", zap.String("reason", reason))
 	p.refreshReadyLocked()
