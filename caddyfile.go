@@ -19,7 +19,7 @@ func init() {
 
 // The subdirectives allowed in each block, in the order they are documented.
 var (
-	workerSubdirectives   = []string{"command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "health", "proxy", "timeouts"}
+	workerSubdirectives   = []string{"command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "worker", "health", "proxy", "timeouts"}
 	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
 	proxySubdirectives    = []string{"timeout", "stream_close_delay", "pass_request_id", "forward_headers"}
 	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
@@ -276,6 +276,42 @@ func (wc *WorkerConfig) unmarshalWorkerSubdirective(d *caddyfile.Dispenser) (boo
 		return false, nil
 	}
 	return true, nil
+}
+
+// unmarshalWorkerLimits reads the worker block:
+//
+//	worker {
+//	    pool {
+//	        max <n>
+//	    }
+//	}
+func (wc *WorkerConfig) unmarshalWorkerLimits(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() != "pool" {
+			return unknownSubdirective(d, "worker", []string{"pool"})
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		for inner := d.Nesting(); d.NextBlock(inner); {
+			if d.Val() != "max" {
+				return unknownSubdirective(d, "worker.pool", []string{"max"})
+			}
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("worker.pool.max: want a number of at least 1, got %q", v)
+			}
+			wc.Worker.Pool.Max = n
+		}
+	}
+	return nil
 }
 
 // unmarshalHealth reads the health block.

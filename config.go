@@ -99,6 +99,29 @@ func (wc *WorkerCount) parse(s string) error {
 	return nil
 }
 
+// WorkerLimitsConfig holds limits on a project's workers.
+type WorkerLimitsConfig struct {
+	// Limits on the pool.
+	Pool PoolLimitsConfig `json:"pool,omitempty"`
+}
+
+// PoolLimitsConfig bounds the size of a pool.
+type PoolLimitsConfig struct {
+	// The most workers the pool may run, whatever `workers` says (`auto`
+	// included). Default: no limit.
+	Max int `json:"max,omitempty"`
+}
+
+// workerCount returns how many workers to run: the count, within the
+// pool's limit.
+func (wc *WorkerConfig) workerCount() int {
+	n := wc.Workers.Resolve()
+	if max := wc.Worker.Pool.Max; max > 0 && n > max {
+		n = max
+	}
+	return n
+}
+
 // HealthConfig says how the hypervisor checks that a worker is ready.
 type HealthConfig struct {
 	// The path probed on each worker. The hypervisor also answers this path
@@ -224,6 +247,9 @@ type WorkerConfig struct {
 	// `sticky` strategy. Required with `sticky`.
 	StickyHeader string `json:"sticky_header,omitempty"`
 
+	// Limits on the pool of workers.
+	Worker WorkerLimitsConfig `json:"worker,omitempty"`
+
 	// How workers are checked for readiness.
 	Health HealthConfig `json:"health,omitempty"`
 
@@ -292,12 +318,15 @@ func (wc *WorkerConfig) validate() error {
 	if wc.Workers < 0 && wc.Workers != workersAuto {
 		return fmt.Errorf("workers: must be at least 1 (or \"auto\"), got %d", wc.Workers)
 	}
+	if wc.Worker.Pool.Max < 0 {
+		return fmt.Errorf("worker.pool.max: must not be negative, got %d", wc.Worker.Pool.Max)
+	}
 	if wc.WorkerBasePort < 1 || wc.WorkerBasePort > 65535 {
 		return fmt.Errorf("worker_base_port: %d is out of range 1-65535", wc.WorkerBasePort)
 	}
-	if top := wc.WorkerBasePort + wc.Workers.Resolve() - 1; top > 65535 {
+	if top := wc.WorkerBasePort + wc.workerCount() - 1; top > 65535 {
 		return fmt.Errorf("worker_base_port: %d leaves no room for %d workers below port 65535",
-			wc.WorkerBasePort, wc.Workers.Resolve())
+			wc.WorkerBasePort, wc.workerCount())
 	}
 
 	// strategy

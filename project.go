@@ -84,7 +84,7 @@ func (p *project) specFor(wc WorkerConfig) workerpool.Spec {
 		Command:  wc.Command,
 		Dir:      wc.Dir,
 		Env:      wc.Env,
-		Workers:  wc.Workers.Resolve(),
+		Workers:  wc.workerCount(),
 		BasePort: wc.WorkerBasePort,
 		Health: workerpool.HealthSpec{
 			Path:         wc.Health.Path,

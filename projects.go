@@ -3,7 +3,6 @@ package oxianhv
 import (
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"reflect"
 	"regexp"
@@ -167,8 +166,15 @@ func newRouter(ctx caddy.Context, rules []SelectRule, projects map[string]*proje
 			continue
 		}
 
-		// criteria
+		// criteria, with host names in lower case as requests are
 		cr := &compiledRule{project: p, when: rule.When}
+		if w := rule.When; w != nil {
+			lowered := *w
+			lowered.HostEquals = strings.ToLower(w.HostEquals)
+			lowered.HostPrefix = strings.ToLower(w.HostPrefix)
+			lowered.HostSuffix = strings.ToLower(w.HostSuffix)
+			cr.when = &lowered
+		}
 		if rule.When == nil && rule.MatchRaw == nil {
 			return nil, fmt.Errorf("select[%d]: a rule needs criteria (when, match) or default", i)
 		}
@@ -270,13 +276,13 @@ func (cr *compiledRule) match(r *http.Request, host string) (bool, error) {
 		if w.PathPrefix != "" && !underPath(r.URL.Path, w.PathPrefix) {
 			return false, nil
 		}
-		if w.HostEquals != "" && !strings.EqualFold(host, w.HostEquals) {
+		if w.HostEquals != "" && host != w.HostEquals {
 			return false, nil
 		}
-		if w.HostPrefix != "" && !strings.HasPrefix(host, strings.ToLower(w.HostPrefix)) {
+		if w.HostPrefix != "" && !strings.HasPrefix(host, w.HostPrefix) {
 			return false, nil
 		}
-		if w.HostSuffix != "" && !strings.HasSuffix(host, strings.ToLower(w.HostSuffix)) {
+		if w.HostSuffix != "" && !strings.HasSuffix(host, w.HostSuffix) {
 			return false, nil
 		}
 		if w.Method != "" && !strings.EqualFold(r.Method, w.Method) {
@@ -294,12 +300,14 @@ func (cr *compiledRule) match(r *http.Request, host string) (bool, error) {
 	return true, nil
 }
 
-// requestHost returns the request's host in lower case, without port.
+// requestHost returns the request's host in lower case, without port
+// (and without the brackets of an IPv6 address).
 func requestHost(r *http.Request) string {
 	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && strings.IndexByte(host[i:], ']') < 0 {
+		host = host[:i]
 	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 	return strings.ToLower(host)
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -371,5 +372,59 @@ func TestRouteByLongestBasePath(t *testing.T) {
 		if got := routed(t, rt, "GET", "http://x"+path); got != want {
 			t.Errorf("%s: %q, want %q", path, got, want)
 		}
+	}
+}
+
+func TestRequestHost(t *testing.T) {
+	for host, want := range map[string]string{
+		"Example.COM":      "example.com",
+		"example.com:8443": "example.com",
+		"[::1]:8080":       "::1",
+		"[::1]":            "::1",
+		"127.0.0.1:80":     "127.0.0.1",
+	} {
+		if got := requestHost(&http.Request{Host: host}); got != want {
+			t.Errorf("%q: %q, want %q", host, got, want)
+		}
+	}
+}
+
+func TestWorkerPoolMax(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`oxian_hv {
+		command ./app
+		workers auto
+		projects {
+			high-memory {
+				base_path /hm
+				worker {
+					pool {
+						max 2
+					}
+				}
+			}
+			cpu-intensive {
+				base_path /cpu
+				workers 16
+				worker {
+					pool {
+						max 8
+					}
+				}
+			}
+		}
+	}`)
+	var h Handler
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]int{"high-memory": min(2, runtime.NumCPU()), "cpu-intensive": 8} {
+		cfg := overlay(h.WorkerConfig, h.Projects[name].WorkerConfig)
+		if got := cfg.workerCount(); got != want {
+			t.Errorf("%s runs %d workers, want %d", name, got, want)
+		}
+	}
+	err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser("oxian_hv {\n worker {\n pool {\n max 0\n }\n }\n}"))
+	if err == nil || !strings.Contains(err.Error(), "worker.pool.max: want a number of at least 1") {
+		t.Errorf("max 0: %v", err)
 	}
 }
