@@ -257,6 +257,11 @@ func (wc *WorkerConfig) unmarshalWorkerSubdirective(d *caddyfile.Dispenser) (boo
 		}
 		wc.StickyHeader = v
 
+	case "worker":
+		if err := wc.unmarshalWorkerLimits(d); err != nil {
+			return true, err
+		}
+
 	case "health":
 		if err := wc.unmarshalHealth(d); err != nil {
 			return true, err
