@@ -57,8 +57,6 @@ type SelectRule struct {
 	// `remote_ip`, `expression`, ...). The rule matches if any of the
 	// matcher sets does, and its `when` criteria match too.
 	MatchRaw caddyhttp.RawMatcherSets `json:"match,omitempty" caddy:"namespace=http.matchers"`
-
-	matchers caddyhttp.MatcherSets
 }
 
 // WhenConfig holds the simple criteria of a select rule.
