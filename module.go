@@ -35,15 +35,19 @@ const (
 	failedRetryAfter = "30"
 )
 
-// Handler runs a pool of worker processes and proxies requests to them with
-// Caddy's reverse proxy. Workers are started when the config starts (never
-// by `caddy validate`), get traffic once their health probe passes, and are
-// restarted when they exit or keep failing probes. A config reload keeps
-// the processes of a pool whose command, directory and environment did not
-// change.
+// Handler runs pools of worker processes, one per project, and proxies
+// requests to them with Caddy's reverse proxy. Workers are started when the
+// config starts (never by `caddy validate`), get traffic once their health
+// probe passes, and are restarted when they exit or keep failing probes. A
+// config reload keeps the processes of a pool whose command, directory and
+// environment did not change.
+//
+// A request's project comes from a provider, from `select` rules, or from
+// the projects' base paths; paths outside the project's API base path go
+// to its `web` front end or to the next handler.
 //
 // The handler answers its health path (`health.path`) itself with the
-// state of its pool as JSON.
+// state of its pools as JSON.
 //
 // It sets these placeholders:
 //
