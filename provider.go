@@ -275,6 +275,13 @@ func (dc *decisionCache) put(key string, d *Decision, ttl time.Duration) {
 func (h *Handler) decide(w http.ResponseWriter, r *http.Request) (*Decision, bool) {
 	d, err := h.provider.Decide(r)
 	if err == nil {
+		if d == nil {
+			err = errors.New("the provider returned no decision")
+		} else {
+			err = d.validate()
+		}
+	}
+	if err == nil {
 		return d, true
 	}
 	status, msg := http.StatusBadGateway, "the project provider failed"
