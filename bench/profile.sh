@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CPU and allocation profiles of Caddy under load, for (b) plain
-# reverse_proxy and (c) oxian_hv, taken from Caddy's admin endpoint
+# reverse_proxy, (c) oxian_hv and (d) reverse_proxy with the features
+# oxian_hv turns on (as in bench/run.sh), taken from Caddy's admin endpoint
 # /debug/pprof (admin on 127.0.0.1 for this run only). See bench/README.md.
 #
 # Run from the repository root:   bash bench/profile.sh
@@ -10,15 +11,17 @@ ROUTE=${ROUTE:-/api/hello}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
 SECONDS_PROFILED=${SECONDS_PROFILED:-10}
-CONFIGS=${CONFIGS:-"b c"}
+CONFIGS=${CONFIGS:-"b c d"}
 
 APP_PORT1=${APP_PORT1:-19101}
 APP_PORT2=${APP_PORT2:-19102}
 RP_PORT=${RP_PORT:-19180}
 OX_PORT=${OX_PORT:-19181}
+RPF_PORT=${RPF_PORT:-19182}
 OX_BASE_PORT=${OX_BASE_PORT:-19201}
 RP_ADMIN=${RP_ADMIN:-19190}
 OX_ADMIN=${OX_ADMIN:-19191}
+RPF_ADMIN=${RPF_ADMIN:-19192}
 OUT=${OUT:-/tmp/oxian-bench}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -56,7 +59,7 @@ trap 'exit 143' TERM
 
 [[ -f $PIDFILE ]] && die "$PIDFILE exists: is bench/run.sh running? (delete the file if not)"
 port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
-for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$RP_ADMIN" "$OX_ADMIN" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
+for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$RPF_PORT" "$RP_ADMIN" "$OX_ADMIN" "$RPF_ADMIN" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
 	port_busy "$p" && die "port $p is already in use"
 done
 start() {
@@ -110,6 +113,28 @@ EOF
 }
 EOF
 } >"$OUT/Caddyfile.oxian-admin"
+{
+	global "$RPF_ADMIN"
+	cat <<EOF
+:$RPF_PORT {
+	bind 127.0.0.1
+	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
+		lb_policy round_robin
+		lb_try_duration 30s
+		lb_try_interval 10ms
+		fail_duration 1s
+		max_fails 1
+		stream_close_delay 5m
+		header_up X-Request-Id {http.request.uuid}
+		header_down X-Request-Id {http.request.uuid}
+		transport http {
+			dial_timeout 3s
+			response_header_timeout 30s
+		}
+	}
+}
+EOF
+} >"$OUT/Caddyfile.rpf-admin"
 
 : >"$PIDFILE"
 start "$OUT/app-$APP_PORT1.log" "$OUT/app" -port "$APP_PORT1"
@@ -118,8 +143,10 @@ wait_ok "http://127.0.0.1:$APP_PORT1/_health"
 wait_ok "http://127.0.0.1:$APP_PORT2/_health"
 start "$OUT/caddy-rp-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rp-admin" --adapter caddyfile
 start "$OUT/caddy-oxian-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.oxian-admin" --adapter caddyfile
+start "$OUT/caddy-rpf-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rpf-admin" --adapter caddyfile
 wait_ok "http://127.0.0.1:$RP_PORT/api/hello"
 wait_ok "http://127.0.0.1:$OX_PORT/api/hello"
+wait_ok "http://127.0.0.1:$RPF_PORT/api/hello"
 # both oxian_hv workers must be ready
 ready=0
 for i in $(seq 1 300); do
@@ -129,8 +156,8 @@ for i in $(seq 1 300); do
 done
 [[ ${ready:-0} -ge 2 ]] || die "oxian_hv does not show 2 ready workers"
 
-declare -A URL=([b]="http://127.0.0.1:$RP_PORT" [c]="http://127.0.0.1:$OX_PORT")
-declare -A ADMIN=([b]="$RP_ADMIN" [c]="$OX_ADMIN")
+declare -A URL=([b]="http://127.0.0.1:$RP_PORT" [c]="http://127.0.0.1:$OX_PORT" [d]="http://127.0.0.1:$RPF_PORT")
+declare -A ADMIN=([b]="$RP_ADMIN" [c]="$OX_ADMIN" [d]="$RPF_ADMIN")
 
 for cfg in $CONFIGS; do
 	admin="http://127.0.0.1:${ADMIN[$cfg]}/debug/pprof"
@@ -171,21 +198,26 @@ SUMMARY="$PROF_DIR/summary.md"
 		"total (all samples)"
 		'caddyhttp.(*Server).ServeHTTP'
 		'oxian-hv.(*Handler).ServeHTTP'
+		'oxian-hv.(*project).serve'
 		'reverseproxy.(*Handler).ServeHTTP'
 		'reverseproxy.(*Handler).proxyLoopIteration'
 		'reverseproxy.(*HTTPTransport).RoundTrip'
 		'oxian-hv.(*poolSource).GetUpstreams'
 		'reverseproxy.Handler.provisionUpstream'
 		'selection.(*Recorder).Select'
+		'oxian-hv.(*workerTransport).RoundTrip'
 		'oxian-hv.requestID'
-		'oxian-hv.(*Handler).addLogFields'
-		'oxian-hv.(*Handler).addWorkerLogField'
-		'oxian-hv.observeRequest'
+		'oxian-hv.(*project).addLogFields'
+		'oxian-hv.(*project).addWorkerLogField'
+		'oxian-hv.(*requestMetrics).observe'
 		'oxian-hv.(*responseWriter).WriteHeader'
 		'oxian-hv.(*responseWriter).Write'
+		'headers.HeaderOps.ApplyToRequest'
+		'headers.(*HeaderOps).ApplyTo'
 		'context.WithCancel'
-		'time.AfterFunc'
 		'caddy/v2.(*Replacer).Set'
+		'maps.(*table).grow'
+		'time.NewTimer'
 		'runtime.mallocgc'
 		'runtime.gcBgMarkWorker'
 		'internal/runtime/syscall/linux.Syscall6'

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: the example app (a) directly, (b) behind Caddy's plain
-# reverse_proxy and (c) behind oxian_hv, with wrk. See bench/README.md.
+# reverse_proxy, (c) behind oxian_hv and (d) behind reverse_proxy with the
+# features oxian_hv turns on, with wrk. See bench/README.md.
 #
 # Run from the repository root:   bash bench/run.sh
 # Override any parameter by env:  ROUNDS=3 DURATION=20s bash bench/run.sh
@@ -16,12 +17,14 @@ WARMUP=${WARMUP:-2s}             # one unrecorded wrk run per (route, config); 0
 PAUSE=${PAUSE:-1}                # seconds of rest before each run (machine load is sampled then)
 QUIET_WAIT=${QUIET_WAIT:-60}     # before a run, wait up to this many seconds for the machine to be quiet
 QUIET_BUSY=${QUIET_BUSY:-15}     # quiet: at most this % of all CPU busy with other processes
+RETRIES=${RETRIES:-2}            # repeat a run during which other processes used more than QUIET_BUSY %, up to this often
 ROUTES=${ROUTES:-"/api/hello /api/wait"}
 
-APP_PORT1=${APP_PORT1:-19101}    # worker 1, used by (a) and (b)
-APP_PORT2=${APP_PORT2:-19102}    # worker 2, used by (b)
+APP_PORT1=${APP_PORT1:-19101}    # worker 1, used by (a), (b) and (d)
+APP_PORT2=${APP_PORT2:-19102}    # worker 2, used by (b) and (d)
 RP_PORT=${RP_PORT:-19180}        # Caddy with reverse_proxy, (b)
 OX_PORT=${OX_PORT:-19181}        # Caddy with oxian_hv, (c)
+RPF_PORT=${RPF_PORT:-19182}      # Caddy with reverse_proxy and oxian_hv's proxy features, (d)
 OX_BASE_PORT=${OX_BASE_PORT:-19201} # oxian_hv workers listen from here on
 
 OUT=${OUT:-/tmp/oxian-bench}     # binaries, Caddyfiles, logs (outside the repo)
@@ -90,7 +93,7 @@ if [[ -f $PIDFILE ]]; then
 fi
 
 port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
-for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
+for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$RPF_PORT" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
 	port_busy "$p" && die "port $p is already in use; stop what uses it or override the *_PORT variables"
 done
 
@@ -153,6 +156,35 @@ $GLOBAL_OPTS
 }
 EOF
 
+# (d): the proxy settings oxian_hv gives its embedded reverse_proxy by
+# default (module.go, newReverseProxy), plus a request id generated per
+# request and set on the request and the response, as oxian_hv's
+# pass_request_id (on by default) does. Only the module's own work is
+# missing, so (c)/(d) is the module's cost over the same proxy features.
+cat >"$OUT/Caddyfile.rpf" <<EOF
+{
+$GLOBAL_OPTS
+}
+
+:$RPF_PORT {
+	bind 127.0.0.1
+	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
+		lb_policy round_robin
+		lb_try_duration 30s
+		lb_try_interval 10ms
+		fail_duration 1s
+		max_fails 1
+		stream_close_delay 5m
+		header_up X-Request-Id {http.request.uuid}
+		header_down X-Request-Id {http.request.uuid}
+		transport http {
+			dial_timeout 3s
+			response_header_timeout 30s
+		}
+	}
+}
+EOF
+
 cat >"$OUT/Caddyfile.oxian" <<EOF
 {
 $GLOBAL_OPTS
@@ -170,7 +202,7 @@ $GLOBAL_OPTS
 }
 EOF
 
-for f in "$OUT/Caddyfile.rp" "$OUT/Caddyfile.oxian"; do
+for f in "$OUT/Caddyfile.rp" "$OUT/Caddyfile.oxian" "$OUT/Caddyfile.rpf"; do
 	"$OUT/caddy" validate --config "$f" --adapter caddyfile >"$OUT/validate.log" 2>&1 ||
 		{ cat "$OUT/validate.log" >&2; die "$f is invalid"; }
 done
@@ -190,8 +222,15 @@ RP_PID=$STARTED
 start "caddy oxian_hv :$OX_PORT" "$OUT/caddy-oxian.log" \
 	"$OUT/caddy" run --config "$OUT/Caddyfile.oxian" --adapter caddyfile
 OX_PID=$STARTED
+start "caddy reverse_proxy+features :$RPF_PORT" "$OUT/caddy-rpf.log" \
+	"$OUT/caddy" run --config "$OUT/Caddyfile.rpf" --adapter caddyfile
+RPF_PID=$STARTED
 wait_ok "http://127.0.0.1:$RP_PORT/api/hello" "(b) reverse_proxy"
 wait_ok "http://127.0.0.1:$OX_PORT/api/hello" "(c) oxian_hv"
+wait_ok "http://127.0.0.1:$RPF_PORT/api/hello" "(d) reverse_proxy+features"
+# (d) must pass a request id both ways
+curl -fsS -D - -o /dev/null "http://127.0.0.1:$RPF_PORT/api/hello" | grep -qi '^x-request-id: *[0-9a-f-]\{36\}' ||
+	die "(d) does not set X-Request-Id on the response"
 # both oxian_hv workers must be ready, or (c) would run on one worker
 ready=0
 for i in $(seq 1 300); do
@@ -205,10 +244,12 @@ declare -A URL=(
 	[a]="http://127.0.0.1:$APP_PORT1"
 	[b]="http://127.0.0.1:$RP_PORT"
 	[c]="http://127.0.0.1:$OX_PORT"
+	[d]="http://127.0.0.1:$RPF_PORT"
 )
-declare -A NAME=([a]="direct" [b]="reverse_proxy" [c]="oxian_hv")
+declare -A NAME=([a]="direct" [b]="reverse_proxy" [c]="oxian_hv" [d]="reverse_proxy+features")
 # the process in front of the worker(s), whose CPU per request is reported
-declare -A FRONT=([a]="$APP1_PID" [b]="$RP_PID" [c]="$OX_PID")
+declare -A FRONT=([a]="$APP1_PID" [b]="$RP_PID" [c]="$OX_PID" [d]="$RPF_PID")
+CONFIGS="a b c d"
 
 conns_for() { if [[ $1 == /api/wait ]]; then echo "$WAIT_CONNS"; else echo "$CONNS"; fi; }
 
@@ -305,7 +346,7 @@ run_wrk() {
 # ------------------------------------------------------------------- warm-up
 if [[ $WARMUP != 0 ]]; then
 	for route in $ROUTES; do
-		for cfg in a b c; do
+		for cfg in $CONFIGS; do
 			log "warm-up ($cfg) ${NAME[$cfg]} $route for $WARMUP"
 			run_wrk "$cfg" "$route" "$WARMUP" "$RAW_DIR/warmup-$cfg-${route//\//_}.txt"
 		done
@@ -316,37 +357,47 @@ fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 TSV="$RESULTS_DIR/latest.tsv"
 printf 'round\troute\tconfig\tconns\treq_s\tp50_ms\tp99_ms\tnon2xx\tsocket_errors\tfront_cpu_us_per_req\tother_cpu_pct\n' >"$TSV"
-orders=("a b c" "b c a" "c a b") # rotate the order each round
+orders=("a b c d" "b c d a" "c d a b" "d a b c") # rotate the order each round
+REPEATED=0
 for ((round = 1; round <= ROUNDS; round++)); do
-	order=${orders[$(((round - 1) % 3))]}
+	order=${orders[$(((round - 1) % 4))]}
 	for route in $ROUTES; do
 		for cfg in $order; do
-			wait_quiet >/dev/null
-			f="$RAW_DIR/r$round-$cfg-${route//\//_}.txt"
-			log "round $round: ($cfg) ${NAME[$cfg]} $route -t$THREADS -c$(conns_for "$route") -d$DURATION"
+			# a run that other processes disturbed is repeated, up to
+			# RETRIES times; the last attempt counts
+			for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+				wait_quiet >/dev/null
+				f="$RAW_DIR/r$round-$cfg-${route//\//_}.txt"
+				log "round $round: ($cfg) ${NAME[$cfg]} $route -t$THREADS -c$(conns_for "$route") -d$DURATION"
 
-			read -r m_total1 m_busy1 < <(machine_ticks)
-			ours1=$(proc_ticks "$APP1_PID" "$APP2_PID" "$RP_PID" "$OX_PID")
-			front1=$(self_ticks "${FRONT[$cfg]}")
-			kids1=$(children_ticks)
-			run_wrk "$cfg" "$route" "$DURATION" "$f"
-			kids2=$(children_ticks)
-			front2=$(self_ticks "${FRONT[$cfg]}")
-			ours2=$(proc_ticks "$APP1_PID" "$APP2_PID" "$RP_PID" "$OX_PID")
-			read -r m_total2 m_busy2 < <(machine_ticks)
+				read -r m_total1 m_busy1 < <(machine_ticks)
+				ours1=$(proc_ticks "$APP1_PID" "$APP2_PID" "$RP_PID" "$OX_PID" "$RPF_PID")
+				front1=$(self_ticks "${FRONT[$cfg]}")
+				kids1=$(children_ticks)
+				run_wrk "$cfg" "$route" "$DURATION" "$f"
+				kids2=$(children_ticks)
+				front2=$(self_ticks "${FRONT[$cfg]}")
+				ours2=$(proc_ticks "$APP1_PID" "$APP2_PID" "$RP_PID" "$OX_PID" "$RPF_PID")
+				read -r m_total2 m_busy2 < <(machine_ticks)
 
-			read -r reqs rps p50 p99 non2xx sockerr < <(parse "$f")
-			# CPU per request of the process in front (Caddy for (b) and
-			# (c), without the workers; the worker itself for (a)), and the
-			# share of the machine used by processes other than ours and wrk
-			front_cpu=$(awk -v t=$((front2 - front1)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
-			other=$(awk -v busy=$((m_busy2 - m_busy1)) -v ours=$((ours2 - ours1 + kids2 - kids1)) -v tot=$((m_total2 - m_total1)) \
-				'BEGIN { o = tot ? 100 * (busy - ours) / tot : 0; if (o < 0) o = 0; printf "%.0f", o }')
+				read -r reqs rps p50 p99 non2xx sockerr < <(parse "$f")
+				# CPU per request of the process in front (Caddy for (b), (c)
+				# and (d), without the workers; the worker itself for (a)), and
+				# the share of the machine used by processes other than ours and wrk
+				front_cpu=$(awk -v t=$((front2 - front1)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
+				other=$(awk -v busy=$((m_busy2 - m_busy1)) -v ours=$((ours2 - ours1 + kids2 - kids1)) -v tot=$((m_total2 - m_total1)) \
+					'BEGIN { o = tot ? 100 * (busy - ours) / tot : 0; if (o < 0) o = 0; printf "%.0f", o }')
+				((other <= QUIET_BUSY)) && break
+				if ((attempt < RETRIES)); then
+					log "other processes used ${other}% of the machine during this run; repeating it"
+					mv "$f" "${f%.txt}-disturbed$attempt.txt"
+					REPEATED=$((REPEATED + 1))
+				else
+					log "warning: other processes used ${other}% of the machine during this run"
+				fi
+			done
 			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$route" "$cfg" \
 				"$(conns_for "$route")" "$rps" "$p50" "$p99" "$non2xx" "$sockerr" "$front_cpu" "$other" >>"$TSV"
-			if ((other > QUIET_BUSY)); then
-				log "warning: other processes used ${other}% of the machine during this run"
-			fi
 		done
 	done
 done
@@ -354,11 +405,11 @@ done
 # ------------------------------------------------------------------- report
 MD="$RESULTS_DIR/latest.md"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-awk -F'\t' -v rounds="$ROUNDS" -v dur="$DURATION" -v threads="$THREADS" -v quiet="$QUIET_BUSY" \
+awk -F'\t' -v rounds="$ROUNDS" -v dur="$DURATION" -v threads="$THREADS" -v quiet="$QUIET_BUSY" -v repeated="$REPEATED" \
 	-v load="Load average before the measurements $LOAD_BEFORE, after $LOAD_AFTER." \
 	-v date="$(date -u '+%Y-%m-%d %H:%M:%SZ')" \
 	-v host="$(nproc) cores, $(uname -r), $(go env GOVERSION), source $GIT_REV" '
-function name(c) { return c == "a" ? "(a) direct" : c == "b" ? "(b) reverse_proxy" : "(c) oxian_hv" }
+function name(c) { return c == "a" ? "(a) direct" : c == "b" ? "(b) reverse_proxy" : c == "c" ? "(c) oxian_hv" : "(d) reverse_proxy+features" }
 function ratio(x, y) { return y ? x / y : 0 }
 NR == 1 { next }
 {
@@ -380,14 +431,15 @@ END {
 		split(rows[i], f, "\t")
 		printf "| %s | `%s` | %s | %s | %.0f | %.3f | %.3f | %s | %s | %.1f | %s |\n", f[1], f[2], name(f[3]), f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]
 	}
+	if (repeated) printf "\n%d run(s) were repeated because other processes used more than %s%% of the machine during them; the table has the repeats.\n", repeated, quiet
 	if (noisy) printf "\n**Warning:** during %d run(s) other processes used more than %s%% of the machine; those numbers are unreliable.\n", noisy, quiet
 	printf "\n## Mean over rounds, and ratios\n\n"
 	printf "| route | conns | config | req/s | p50 (ms) | p99 (ms) | front CPU (µs/req) | errors |\n"
 	printf "|---|---:|---|---:|---:|---:|---:|---:|\n"
 	for (r = 1; r <= nr; r++) {
 		rt = routes[r]
-		for (ci = 1; ci <= 3; ci++) {
-			c = substr("abc", ci, 1); k = rt SUBSEP c
+		for (ci = 1; ci <= 4; ci++) {
+			c = substr("abcd", ci, 1); k = rt SUBSEP c
 			if (!cnt[k]) continue
 			printf "| `%s` | %s | %s | %.0f | %.3f | %.3f | %.1f | %d |\n", rt, conns[rt], name(c), rps[k]/cnt[k], p50[k]/cnt[k], p99[k]/cnt[k], cpu[k]/cnt[k], errs[k]
 		}
@@ -400,7 +452,15 @@ END {
 		printf "| `%s` | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s |\n", rt, rr, pr, ratio(p50[c], p50[b]), ratio(cpu[c], cpu[b]), ratio(rps[b], rps[a]), \
 			(rr >= 0.95 ? "holds" : "MISSES"), (pr <= 1.10 ? "holds" : "MISSES")
 	}
-	printf "\nRatios are of the means over rounds. Front CPU: user+system CPU time of the process wrk talks to, per request (Caddy for (b) and (c), without the workers; the worker for (a)). Other CPU: share of the whole machine used by processes other than wrk, Caddy and the workers during the run.\n\n"
+	printf "\n(c)/(d): the cost of the module itself over the same proxy features. (d)/(b): what those features cost plain reverse_proxy. Not targets.\n\n"
+	printf "| route | (c)/(d) req/s | (c)/(d) p99 | (c)/(d) p50 | (c)/(d) Caddy CPU per req | (d)/(b) req/s | (d)/(b) p99 | (d)/(b) Caddy CPU per req |\n"
+	printf "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+	for (r = 1; r <= nr; r++) {
+		rt = routes[r]; b = rt SUBSEP "b"; c = rt SUBSEP "c"; d = rt SUBSEP "d"
+		printf "| `%s` | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n", rt, ratio(rps[c], rps[d]), ratio(p99[c], p99[d]), ratio(p50[c], p50[d]), ratio(cpu[c], cpu[d]), \
+			ratio(rps[d], rps[b]), ratio(p99[d], p99[b]), ratio(cpu[d], cpu[b])
+	}
+	printf "\nRatios are of the means over rounds. Front CPU: user+system CPU time of the process wrk talks to, per request (Caddy for (b), (c) and (d), without the workers; the worker for (a)). Other CPU: share of the whole machine used by processes other than wrk, Caddy and the workers during the run.\n\n"
 	printf "wrk and the servers share the same cores; nothing is pinned. %s\n", load
 }' "$TSV" >"$MD"
 
