@@ -345,7 +345,8 @@ func (p *Policy) Observe(o Observation) Decision {
 	}
 	if burst {
 		if burstNow {
-			consider(ceilDiv(surge, target), fmt.Sprintf("burst: inflight %.1f per worker > %g", perReady(surge), target*c.BurstThreshold))
+			reason := fmt.Sprintf("burst: inflight %.1f per worker > %g", perReady(surge), target*c.BurstThreshold)
+			consider(ceilDiv(surge, target), reason)
 		} else {
 			consider(ceilDiv(surge, target), fmt.Sprintf("burst mode: inflight %.1f per worker", perReady(surge)))
 		}
@@ -400,7 +401,8 @@ func (p *Policy) Observe(o Observation) Decision {
 			}
 			return Decision{Target: current, Reason: fmt.Sprintf("at min %d", c.Min), Burst: burst}
 		}
-		return Decision{Target: current, Reason: fmt.Sprintf("steady: inflight %.1f per worker", perReady(stable)), Burst: burst}
+		reason := fmt.Sprintf("steady: inflight %.1f per worker", perReady(stable))
+		return Decision{Target: current, Reason: reason, Burst: burst}
 	}
 	why = "load fits in " + workers(current-1)
 	switch lastScale := later(p.lastUp, p.lastDown); {
