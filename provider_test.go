@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -222,4 +223,50 @@ func TestProviderTargetAndInvalidation(t *testing.T) {
 	if got := s.pids(); !slices.Equal(got, after) || len(s.workers()) != 1 {
 		t.Fatalf("workers replaced again for the same invalidation: %v, then %v", after, got)
 	}
+}
+
+func TestProviderChangingCommandReplacesOnDemandWorkers(t *testing.T) {
+	var version atomic.Int64
+	version.Store(1)
+	fp := newFakeProvider(t, func(q providerRequest) (int, any) {
+		return 200, Decision{Project: "t1", Env: map[string]string{"VERSION": fmt.Sprint(version.Load())}}
+	})
+	s := startCaddy(t, fmt.Sprintf(`	oxian_hv {
+		workers 1
+		provider http %s
+		on_demand {
+			template {
+				command %s
+			}
+		}
+	}`, fp.URL, testworkerBin))
+
+	// the project appears with the first decision
+	s.worker("/whoami")
+	first := s.pids()
+
+	// a decision with another environment replaces its worker
+	version.Store(2)
+	s.worker("/whoami")
+	eventually(t, 20*time.Second, "worker replaced", func() bool {
+		ws := s.workers()
+		return len(ws) == 1 && ws[0].State == "ready" && ws[0].PID != first[0]
+	})
+	if got := environValueOf(s.pids()[0], "VERSION"); got != "2" {
+		t.Fatalf("new worker runs VERSION=%q", got)
+	}
+}
+
+// environValueOf reads one variable of a process's environment (Linux).
+func environValueOf(pid int, key string) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return ""
+	}
+	for _, kv := range strings.Split(string(data), "\x00") {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
