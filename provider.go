@@ -152,7 +152,10 @@ func (hp *HTTPProvider) Provision(caddy.Context) error {
 		}
 	}
 	hp.client = &http.Client{Timeout: time.Duration(hp.Timeout)}
-	hp.cache = &decisionCache{entries: make(map[string]cachedDecision)}
+	hp.cache = &decisionCache{
+		entries: make(map[string]cachedDecision),
+		asking:  make(map[string]*askCall),
+	}
 	return nil
 }
 
@@ -164,21 +167,40 @@ type providerRequest struct {
 	Headers map[string]string `json:"headers,omitempty"`
 }
 
-// Decide asks the endpoint, or the cache.
+// Decide asks the endpoint, or the cache. With caching on, concurrent
+// requests with the same key that miss the cache share one question.
 func (hp *HTTPProvider) Decide(r *http.Request) (*Decision, error) {
-	key := ""
-	if hp.CacheTTL > 0 {
-		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		if repl == nil {
-			repl = caddy.NewReplacer()
-		}
-		key = repl.ReplaceAll(hp.CacheKey, "")
-		if d, ok := hp.cache.get(key); ok {
-			return d, nil
-		}
+	q := hp.question(r)
+	if hp.CacheTTL <= 0 {
+		return hp.ask(r.Context(), q)
 	}
 
-	// the question
+	// the cache, or a question already on its way
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	key := repl.ReplaceAll(hp.CacheKey, "")
+	call, first := hp.cache.join(key)
+	if first {
+		// ask apart from this request, so that the others waiting on the
+		// answer do not lose it if this client goes away
+		go func() {
+			ctx := context.WithoutCancel(r.Context())
+			d, err := hp.ask(ctx, q)
+			hp.cache.finish(key, call, d, err, time.Duration(hp.CacheTTL))
+		}()
+	}
+	select {
+	case <-call.done:
+		return call.decision, call.err
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+}
+
+// question returns what the endpoint is asked about r.
+func (hp *HTTPProvider) question(r *http.Request) providerRequest {
 	q := providerRequest{Method: r.Method, Host: r.Host, Path: r.URL.Path}
 	for _, name := range hp.Headers {
 		if v := r.Header.Get(name); v != "" {
@@ -188,11 +210,16 @@ func (hp *HTTPProvider) Decide(r *http.Request) (*Decision, error) {
 			q.Headers[name] = v
 		}
 	}
+	return q
+}
+
+// ask puts q to the endpoint, within the provider's timeout.
+func (hp *HTTPProvider) ask(ctx context.Context, q providerRequest) (*Decision, error) {
 	body, err := json.Marshal(q)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(hp.Timeout))
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(hp.Timeout))
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hp.URL, bytes.NewReader(body))
 	if err != nil {
@@ -220,35 +247,61 @@ func (hp *HTTPProvider) Decide(r *http.Request) (*Decision, error) {
 	if err := d.validate(); err != nil {
 		return nil, fmt.Errorf("the answer of %s: %v", hp.URL, err)
 	}
-
-	if hp.CacheTTL > 0 {
-		hp.cache.put(key, d, time.Duration(hp.CacheTTL))
-	}
 	return d, nil
 }
 
 // maxCachedDecisions bounds the decision cache.
 const maxCachedDecisions = 10000
 
-// decisionCache keeps decisions until they expire.
+// decisionCache keeps decisions until they expire, and the questions on
+// their way.
 type decisionCache struct {
 	mu      sync.Mutex
 	entries map[string]cachedDecision
+	asking  map[string]*askCall
+}
+
+// askCall is a question on its way; done closes when it is answered.
+type askCall struct {
+	done     chan struct{}
+	decision *Decision
+	err      error
+}
+
+// join returns the cached decision as a finished call, the call already
+// asking for key, or a new call that the caller (first) must ask.
+func (dc *decisionCache) join(key string) (call *askCall, first bool) {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if e, ok := dc.entries[key]; ok && time.Now().Before(e.expires) {
+		call = &askCall{done: make(chan struct{}), decision: e.decision}
+		close(call.done)
+		return call, false
+	}
+	if call, ok := dc.asking[key]; ok {
+		return call, false
+	}
+	call = &askCall{done: make(chan struct{})}
+	dc.asking[key] = call
+	return call, true
+}
+
+// finish records the answer of call, caches a decision, and wakes those
+// waiting.
+func (dc *decisionCache) finish(key string, call *askCall, d *Decision, err error, ttl time.Duration) {
+	if err == nil {
+		dc.put(key, d, ttl)
+	}
+	dc.mu.Lock()
+	delete(dc.asking, key)
+	dc.mu.Unlock()
+	call.decision, call.err = d, err
+	close(call.done)
 }
 
 type cachedDecision struct {
 	decision *Decision
 	expires  time.Time
-}
-
-func (dc *decisionCache) get(key string) (*Decision, bool) {
-	dc.mu.Lock()
-	defer dc.mu.Unlock()
-	e, ok := dc.entries[key]
-	if !ok || time.Now().After(e.expires) {
-		return nil, false
-	}
-	return e.decision, true
 }
 
 func (dc *decisionCache) put(key string, d *Decision, ttl time.Duration) {

@@ -270,3 +270,45 @@ func environValueOf(pid int, key string) string {
 	}
 	return ""
 }
+
+func TestProviderSharesOneQuestionAmongConcurrentMisses(t *testing.T) {
+	fp := newFakeProvider(t, func(q providerRequest) (int, any) {
+		time.Sleep(200 * time.Millisecond) // long enough for the requests to pile up
+		return 200, Decision{Project: "a"}
+	})
+	s := startCaddy(t, fmt.Sprintf(`	oxian_hv {
+		command %s
+		workers 1
+		provider http %s {
+			cache_ttl 1m
+		}
+		projects {
+			a {
+			}
+		}
+	}`, testworkerBin, fp.URL))
+	s.waitReady(1)
+
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := s.client.Get(s.base + "/same/path")
+			if err != nil || resp.StatusCode != http.StatusOK {
+				failed.Add(1)
+			}
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d requests failed", failed.Load())
+	}
+	if n := fp.asked.Load(); n != 1 {
+		t.Fatalf("the provider was asked %d times for one key", n)
+	}
+}
