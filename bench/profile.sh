@@ -30,131 +30,42 @@ ROUTE_NAME=${ROUTE#/}
 PROF_DIR="$ROOT/bench/results/profile/${ROUTE_NAME//\//_}"
 PIDFILE="$OUT/pids"
 
-log() { printf '[profile] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=profile
+# log, die, stop_pid, init_cleanup, port_busy, start, wait_ok, build_binaries,
+# wait_ox_ready and the Caddyfile blocks
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$ROOT/bench/lib.sh"
 
 mkdir -p "$OUT" "$PROF_DIR"
-PIDS=()
-stop_pid() {
-	local pid=$1 i
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-}
-cleanup() {
-	local rc=$? pid
-	trap - EXIT INT TERM
-	for pid in "${PIDS[@]:+${PIDS[@]}}"; do stop_pid "$pid"; done
-	wait 2>/dev/null || true
-	rm -f "$PIDFILE"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+init_cleanup
 
 [[ -f $PIDFILE ]] && die "$PIDFILE exists: is bench/run.sh running? (delete the file if not)"
-port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$RPF_PORT" "$RP_ADMIN" "$OX_ADMIN" "$RPF_ADMIN" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
 	port_busy "$p" && die "port $p is already in use"
 done
-start() {
-	local logf=$1
-	shift
-	"$@" >"$logf" 2>&1 &
-	PIDS+=("$!")
-	echo "$! $1" >>"$PIDFILE"
-}
-wait_ok() {
-	local i
-	for i in $(seq 1 300); do
-		curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-		sleep 0.2
-	done
-	die "no answer from $1"
-}
 
 log "building"
-go build -o "$OUT/caddy" ./cmd/caddy
-go build -o "$OUT/app" ./caddy-examples/app
+build_binaries
 export XDG_CONFIG_HOME="$OUT/xdg-config" XDG_DATA_HOME="$OUT/xdg-data"
 
 # same sites as bench/run.sh, but with the admin endpoint on 127.0.0.1
-global() {
-	printf '{\n\tadmin 127.0.0.1:%s\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n' "$1"
-}
-{
-	global "$RP_ADMIN"
-	cat <<EOF
-:$RP_PORT {
-	bind 127.0.0.1
-	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
-		lb_policy round_robin
-	}
-}
-EOF
-} >"$OUT/Caddyfile.rp-admin"
-{
-	global "$OX_ADMIN"
-	cat <<EOF
-:$OX_PORT {
-	bind 127.0.0.1
-	oxian_hv {
-		project bench
-		command $OUT/app
-		workers 2
-		worker_base_port $OX_BASE_PORT
-		strategy round_robin
-	}
-}
-EOF
-} >"$OUT/Caddyfile.oxian-admin"
-{
-	global "$RPF_ADMIN"
-	cat <<EOF
-:$RPF_PORT {
-	bind 127.0.0.1
-	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
-		lb_policy round_robin
-		lb_try_duration 30s
-		lb_try_interval 10ms
-		fail_duration 1s
-		max_fails 1
-		stream_close_delay 5m
-		header_up X-Request-Id {http.request.uuid}
-		header_down X-Request-Id {http.request.uuid}
-		transport http {
-			dial_timeout 3s
-			response_header_timeout 30s
-		}
-	}
-}
-EOF
-} >"$OUT/Caddyfile.rpf-admin"
+{ caddy_global "127.0.0.1:$RP_ADMIN"; site_rp "$RP_PORT"; } >"$OUT/Caddyfile.rp-admin"
+{ caddy_global "127.0.0.1:$OX_ADMIN"; site_ox "$OX_PORT"; } >"$OUT/Caddyfile.oxian-admin"
+{ caddy_global "127.0.0.1:$RPF_ADMIN"; site_rpf "$RPF_PORT"; } >"$OUT/Caddyfile.rpf-admin"
 
 : >"$PIDFILE"
-start "$OUT/app-$APP_PORT1.log" "$OUT/app" -port "$APP_PORT1"
-start "$OUT/app-$APP_PORT2.log" "$OUT/app" -port "$APP_PORT2"
+start "" "$OUT/app-$APP_PORT1.log" "$OUT/app" -port "$APP_PORT1"
+start "" "$OUT/app-$APP_PORT2.log" "$OUT/app" -port "$APP_PORT2"
 wait_ok "http://127.0.0.1:$APP_PORT1/_health"
 wait_ok "http://127.0.0.1:$APP_PORT2/_health"
-start "$OUT/caddy-rp-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rp-admin" --adapter caddyfile
-start "$OUT/caddy-oxian-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.oxian-admin" --adapter caddyfile
-start "$OUT/caddy-rpf-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rpf-admin" --adapter caddyfile
+start "" "$OUT/caddy-rp-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rp-admin" --adapter caddyfile
+start "" "$OUT/caddy-oxian-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.oxian-admin" --adapter caddyfile
+start "" "$OUT/caddy-rpf-admin.log" "$OUT/caddy" run --config "$OUT/Caddyfile.rpf-admin" --adapter caddyfile
 wait_ok "http://127.0.0.1:$RP_PORT/api/hello"
 wait_ok "http://127.0.0.1:$OX_PORT/api/hello"
 wait_ok "http://127.0.0.1:$RPF_PORT/api/hello"
 # both oxian_hv workers must be ready
-ready=0
-for i in $(seq 1 300); do
-	ready=$(curl -fsS --max-time 1 "http://127.0.0.1:$OX_PORT/_health" 2>/dev/null | grep -o '"ready": *[0-9]*' | grep -o '[0-9]*$' || true)
-	[[ ${ready:-0} -ge 2 ]] && break
-	sleep 0.2
-done
-[[ ${ready:-0} -ge 2 ]] || die "oxian_hv does not show 2 ready workers"
+wait_ox_ready "http://127.0.0.1:$OX_PORT" || die "oxian_hv does not show 2 ready workers"
 
 declare -A URL=([b]="http://127.0.0.1:$RP_PORT" [c]="http://127.0.0.1:$OX_PORT" [d]="http://127.0.0.1:$RPF_PORT")
 declare -A ADMIN=([b]="$RP_ADMIN" [c]="$OX_ADMIN" [d]="$RPF_ADMIN")
@@ -223,6 +134,7 @@ SUMMARY="$PROF_DIR/summary.md"
 		'internal/runtime/syscall/linux.Syscall6'
 	)
 	for fn in "${funcs[@]}"; do
+		# shellcheck disable=SC2016 # literal backquotes: Markdown code
 		printf '| `%s` |' "$fn"
 		for cfg in $CONFIGS; do
 			reqs=$(awk '/ requests in / {print $1}' "$PROF_DIR/wrk-$cfg.txt")

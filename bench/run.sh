@@ -37,8 +37,11 @@ RAW_DIR="$RESULTS_DIR/raw"
 PIDFILE="$OUT/pids"
 HZ=$(getconf CLK_TCK)
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=bench
+# log, die, stop_pid, init_cleanup, port_busy, start, wait_ok, build_binaries,
+# wait_ox_ready and the Caddyfile blocks
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$ROOT/bench/lib.sh"
 
 for tool in wrk curl go ss awk; do
 	command -v "$tool" >/dev/null || die "$tool not found (wrk: apt-get install wrk)"
@@ -49,34 +52,7 @@ rm -rf "$RAW_DIR"
 mkdir -p "$RAW_DIR"
 
 # ------------------------------------------------------------ process control
-PIDS=()
-
-# stop_pid PID: SIGTERM, wait up to 10 s, then SIGKILL.
-stop_pid() {
-	local pid=$1 i
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	log "pid $pid did not stop after SIGTERM; sending SIGKILL"
-	kill -KILL "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-	local rc=$? pid
-	trap - EXIT INT TERM
-	# Caddy stops its oxian_hv workers (which would also get SIGKILL from
-	# the kernel if Caddy died, through their parent-death signal).
-	for pid in "${PIDS[@]:+${PIDS[@]}}"; do stop_pid "$pid"; done
-	wait 2>/dev/null || true
-	rm -f "$PIDFILE"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+init_cleanup
 
 # A previous run that was killed hard may have left its processes behind:
 # stop exactly the pids it recorded, if they still run the same program.
@@ -92,115 +68,24 @@ if [[ -f $PIDFILE ]]; then
 	rm -f "$PIDFILE"
 fi
 
-port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 for p in "$APP_PORT1" "$APP_PORT2" "$RP_PORT" "$OX_PORT" "$RPF_PORT" "$OX_BASE_PORT" $((OX_BASE_PORT + 1)); do
 	port_busy "$p" && die "port $p is already in use; stop what uses it or override the *_PORT variables"
 done
-
-# start NAME LOGFILE CMD...: start in the background; the pid goes to
-# STARTED and to the pid file (with the program's path, so that a later
-# run stops only that program).
-STARTED=
-start() {
-	local name=$1 logf=$2
-	shift 2
-	"$@" >"$logf" 2>&1 &
-	STARTED=$!
-	PIDS+=("$STARTED")
-	echo "$STARTED $1" >>"$PIDFILE"
-	log "started $name (pid $STARTED), log $logf"
-}
-
-# wait_ok URL NAME: wait up to 60 s for a 2xx answer.
-wait_ok() {
-	local url=$1 name=$2 i
-	for i in $(seq 1 300); do
-		if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
-			log "$name is up ($url)"
-			return 0
-		fi
-		sleep 0.2
-	done
-	die "$name did not answer $url within 60 s"
-}
 
 # ---------------------------------------------------------------------- build
 GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
 [[ $GIT_DIRTY -gt 0 ]] && GIT_REV="$GIT_REV + $GIT_DIRTY modified file(s)"
 log "building $OUT/caddy and $OUT/app (source $GIT_REV)"
-go build -o "$OUT/caddy" ./cmd/caddy
-go build -o "$OUT/app" ./caddy-examples/app
+build_binaries
 
 # ------------------------------------------------------------------- configs
 # Caddy keeps its autosave and data under $OUT, not the home directory.
 export XDG_CONFIG_HOME="$OUT/xdg-config" XDG_DATA_HOME="$OUT/xdg-data"
 
-GLOBAL_OPTS="	admin off
-	auto_https off
-	persist_config off
-	log {
-		level ERROR
-	}"
-
-cat >"$OUT/Caddyfile.rp" <<EOF
-{
-$GLOBAL_OPTS
-}
-
-:$RP_PORT {
-	bind 127.0.0.1
-	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
-		lb_policy round_robin
-	}
-}
-EOF
-
-# (d): the proxy settings oxian_hv gives its embedded reverse_proxy by
-# default (module.go, newReverseProxy), plus a request id generated per
-# request and set on the request and the response, as oxian_hv's
-# pass_request_id (on by default) does. Only the module's own work is
-# missing, so (c)/(d) is the module's cost over the same proxy features.
-cat >"$OUT/Caddyfile.rpf" <<EOF
-{
-$GLOBAL_OPTS
-}
-
-:$RPF_PORT {
-	bind 127.0.0.1
-	reverse_proxy 127.0.0.1:$APP_PORT1 127.0.0.1:$APP_PORT2 {
-		lb_policy round_robin
-		lb_try_duration 30s
-		lb_try_interval 10ms
-		fail_duration 1s
-		max_fails 1
-		stream_close_delay 5m
-		header_up X-Request-Id {http.request.uuid}
-		header_down X-Request-Id {http.request.uuid}
-		transport http {
-			dial_timeout 3s
-			response_header_timeout 30s
-		}
-	}
-}
-EOF
-
-cat >"$OUT/Caddyfile.oxian" <<EOF
-{
-$GLOBAL_OPTS
-}
-
-:$OX_PORT {
-	bind 127.0.0.1
-	oxian_hv {
-		project bench
-		command $OUT/app
-		workers 2
-		worker_base_port $OX_BASE_PORT
-		strategy round_robin
-	}
-}
-EOF
+{ caddy_global off; echo; site_rp "$RP_PORT"; } >"$OUT/Caddyfile.rp"
+{ caddy_global off; echo; site_rpf "$RPF_PORT"; } >"$OUT/Caddyfile.rpf"
+{ caddy_global off; echo; site_ox "$OX_PORT"; } >"$OUT/Caddyfile.oxian"
 
 for f in "$OUT/Caddyfile.rp" "$OUT/Caddyfile.oxian" "$OUT/Caddyfile.rpf"; do
 	"$OUT/caddy" validate --config "$f" --adapter caddyfile >"$OUT/validate.log" 2>&1 ||
@@ -232,13 +117,7 @@ wait_ok "http://127.0.0.1:$RPF_PORT/api/hello" "(d) reverse_proxy+features"
 curl -fsS -D - -o /dev/null "http://127.0.0.1:$RPF_PORT/api/hello" | grep -qi '^x-request-id: *[0-9a-f-]\{36\}' ||
 	die "(d) does not set X-Request-Id on the response"
 # both oxian_hv workers must be ready, or (c) would run on one worker
-ready=0
-for i in $(seq 1 300); do
-	ready=$(curl -fsS --max-time 1 "http://127.0.0.1:$OX_PORT/_health" 2>/dev/null | grep -o '"ready": *[0-9]*' | grep -o '[0-9]*$' || true)
-	[[ ${ready:-0} -ge 2 ]] && break
-	sleep 0.2
-done
-[[ ${ready:-0} -ge 2 ]] || die "/_health of (c) does not show 2 ready workers: $(curl -fsS "http://127.0.0.1:$OX_PORT/_health" || true)"
+wait_ox_ready "http://127.0.0.1:$OX_PORT" || die "/_health of (c) does not show 2 ready workers: $(curl -fsS "http://127.0.0.1:$OX_PORT/_health" || true)"
 
 declare -A URL=(
 	[a]="http://127.0.0.1:$APP_PORT1"
