@@ -19,7 +19,7 @@ func init() {
 
 // The subdirectives allowed in each block, in the order they are documented.
 var (
-	workerSubdirectives   = []string{"command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "worker", "health", "proxy", "timeouts"}
+	workerSubdirectives   = []string{"command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "worker", "autoscale", "idle_ttl", "queue", "server_timing", "health", "proxy", "timeouts"}
 	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
 	proxySubdirectives    = []string{"timeout", "stream_close_delay", "pass_request_id", "forward_headers"}
 	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
@@ -262,6 +262,29 @@ func (wc *WorkerConfig) unmarshalWorkerSubdirective(d *caddyfile.Dispenser) (boo
 			return true, err
 		}
 
+	case "autoscale":
+		if err := wc.unmarshalAutoscale(d); err != nil {
+			return true, err
+		}
+
+	case "idle_ttl":
+		dur, err := durationArg(d, "idle_ttl")
+		if err != nil {
+			return true, err
+		}
+		wc.IdleTTL = dur
+
+	case "queue":
+		if err := wc.unmarshalQueue(d); err != nil {
+			return true, err
+		}
+
+	case "server_timing":
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		wc.ServerTiming = true
+
 	case "health":
 		if err := wc.unmarshalHealth(d); err != nil {
 			return true, err
@@ -314,6 +337,117 @@ func (wc *WorkerConfig) unmarshalWorkerLimits(d *caddyfile.Dispenser) error {
 				return d.Errf("worker.pool.max: want a number of at least 1, got %q", v)
 			}
 			wc.Worker.Pool.Max = n
+		}
+	}
+	return nil
+}
+
+// unmarshalAutoscale reads the autoscale block:
+//
+//	autoscale {
+//	    min                        <n>
+//	    max                        <n>
+//	    target_inflight_per_worker <n>
+//	    max_avg_latency            <duration>
+//	    scale_up_cooldown          <duration>
+//	    scale_down_cooldown        <duration>
+//	    idle_ttl                   <duration>
+//	    max_starting               <n>
+//	    stable_window              <duration>
+//	    burst_window               <duration>
+//	}
+//
+// The block turns autoscaling on; `enabled false` inside it turns it off.
+func (wc *WorkerConfig) unmarshalAutoscale(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	as := &wc.Autoscale
+	as.Enabled = true
+	allowed := []string{"enabled", "min", "max", "target_inflight_per_worker", "max_avg_latency",
+		"scale_up_cooldown", "scale_down_cooldown", "idle_ttl", "max_starting", "stable_window", "burst_window"}
+	durations := map[string]*caddy.Duration{
+		"max_avg_latency": &as.MaxAvgLatency, "scale_up_cooldown": &as.ScaleUpCooldown,
+		"scale_down_cooldown": &as.ScaleDownCooldown, "idle_ttl": &as.IdleTTL,
+		"stable_window": &as.StableWindow, "burst_window": &as.BurstWindow,
+	}
+	counts := map[string]*int{"min": &as.Min, "max": &as.Max, "max_starting": &as.MaxStarting}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		field := d.Val()
+		switch {
+		case durations[field] != nil:
+			dur, err := durationArg(d, "autoscale."+field)
+			if err != nil {
+				return err
+			}
+			*durations[field] = dur
+		case counts[field] != nil:
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return d.Errf("autoscale.%s: want a whole number, got %q", field, v)
+			}
+			*counts[field] = n
+		case field == "target_inflight_per_worker":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 {
+				return d.Errf("autoscale.target_inflight_per_worker: want a positive number, got %q", v)
+			}
+			as.TargetInflightPerWorker = f
+		case field == "enabled":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			on, err := strconv.ParseBool(v)
+			if err != nil {
+				return d.Errf("autoscale.enabled: want true or false, got %q", v)
+			}
+			as.Enabled = on
+		default:
+			return unknownSubdirective(d, "autoscale", allowed)
+		}
+	}
+	return nil
+}
+
+// unmarshalQueue reads the queue block:
+//
+//	queue {
+//	    max_items <n>
+//	    max_wait  <duration>
+//	}
+func (wc *WorkerConfig) unmarshalQueue(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "max_items":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("queue.max_items: want a number of at least 1, got %q", v)
+			}
+			wc.Queue.MaxItems = n
+		case "max_wait":
+			dur, err := durationArg(d, "queue.max_wait")
+			if err != nil {
+				return err
+			}
+			wc.Queue.MaxWait = dur
+		default:
+			return unknownSubdirective(d, "queue", []string{"max_items", "max_wait"})
 		}
 	}
 	return nil

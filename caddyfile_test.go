@@ -177,7 +177,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 			name:  "unknown top-level subdirective",
 			input: "oxian_hv {\n foo bar\n}",
 			want: []string{"unknown subdirective 'foo' in oxian_hv",
-				"allowed: project, base_path, projects, select, provider, on_demand, web, on_request, command, dir, env, workers, worker_base_port, stop_grace, drain_timeout, strategy, sticky_header, worker, health, proxy, timeouts"},
+				"allowed: project, base_path, projects, select, provider, on_demand, web, on_request, command, dir, env, workers, worker_base_port, stop_grace, drain_timeout, strategy, sticky_header, worker, autoscale, idle_ttl, queue, server_timing, health, proxy, timeouts"},
 		},
 		{
 			name:  "unknown health subdirective",

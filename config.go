@@ -2,14 +2,17 @@ package oxianhv
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"math"
 	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/oxian-hv/oxian-hv/autoscale"
 )
 
 // Defaults of the worker pool settings.
@@ -28,6 +31,7 @@ const (
 	defaultStopGrace      = 10 * time.Second
 	defaultDrainTimeout   = 30 * time.Second
 	defaultStreamClose    = 5 * time.Minute
+	defaultQueueItems     = 1000
 )
 
 // The load-balancing strategies a pool can use.
@@ -97,6 +101,90 @@ func (wc *WorkerCount) parse(s string) error {
 	}
 	*wc = WorkerCount(n)
 	return nil
+}
+
+// AutoscaleConfig moves a pool's worker count between `min` and `max`:
+// up when the requests in flight per ready worker (averaged over
+// `stable_window`) exceed `target_inflight_per_worker`, or the average
+// latency exceeds `max_avg_latency`; at once, past the up cooldown, on a
+// sudden surge (over `burst_window`), which also holds off scaling down;
+// down one worker at a time when the load fits in fewer.
+type AutoscaleConfig struct {
+	// Turns load-based scaling on. Default: off.
+	Enabled bool `json:"enabled,omitempty"`
+
+	// The fewest workers under load. Default: `1`.
+	Min int `json:"min,omitempty"`
+
+	// The most workers. Default: `workers` (within `worker.pool.max`).
+	Max int `json:"max,omitempty"`
+
+	// The requests in flight a ready worker should carry. Default: `10`.
+	TargetInflightPerWorker float64 `json:"target_inflight_per_worker,omitempty"`
+
+	// Scale up when the average latency exceeds this. Default: off.
+	MaxAvgLatency caddy.Duration `json:"max_avg_latency,omitempty"`
+
+	// The least time between two scale-ups outside a surge. Default: `30s`.
+	ScaleUpCooldown caddy.Duration `json:"scale_up_cooldown,omitempty"`
+
+	// The least time between a change and the next scale-down. Default:
+	// `60s`.
+	ScaleDownCooldown caddy.Duration `json:"scale_down_cooldown,omitempty"`
+
+	// Stop all workers of a pool idle this long. Default: off.
+	IdleTTL caddy.Duration `json:"idle_ttl,omitempty"`
+
+	// The most workers starting at once. Default: `2`.
+	MaxStarting int `json:"max_starting,omitempty"`
+
+	// The window the load is averaged over. Default: `60s`.
+	StableWindow caddy.Duration `json:"stable_window,omitempty"`
+
+	// The short window that notices a surge. Default: `6s`.
+	BurstWindow caddy.Duration `json:"burst_window,omitempty"`
+}
+
+// QueueConfig bounds the requests waiting for a ready worker, as while a
+// pool wakes from idle.
+type QueueConfig struct {
+	// The most requests waiting; more get 503 at once. Default: `1000`.
+	MaxItems int `json:"max_items,omitempty"`
+
+	// The longest a request waits; it then gets 503. Default:
+	// `proxy.timeout`.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+}
+
+// scaling returns the settings of the pool's scaling policy, or nil if
+// neither autoscaling nor idle stop is on.
+func (wc *WorkerConfig) scaling() *autoscale.Config {
+	as := wc.Autoscale
+	idle := time.Duration(cmp.Or(wc.IdleTTL, as.IdleTTL))
+	if !as.Enabled && idle <= 0 {
+		return nil
+	}
+	n := wc.workerCount()
+	cfg := &autoscale.Config{
+		Min: n, Max: n,
+		TargetInflightPerWorker: math.MaxInt32, // only idle stop
+		IdleTTL:                 idle,
+	}
+	if as.Enabled {
+		cfg.Min = cmp.Or(as.Min, 1)
+		cfg.Max = cmp.Or(as.Max, max(n, cfg.Min))
+		if limit := wc.Worker.Pool.Max; limit > 0 {
+			cfg.Max = min(cfg.Max, limit)
+		}
+		cfg.TargetInflightPerWorker = as.TargetInflightPerWorker
+		cfg.MaxAvgLatency = time.Duration(as.MaxAvgLatency)
+		cfg.ScaleUpCooldown = time.Duration(as.ScaleUpCooldown)
+		cfg.ScaleDownCooldown = time.Duration(as.ScaleDownCooldown)
+		cfg.MaxStarting = as.MaxStarting
+		cfg.StableWindow = time.Duration(as.StableWindow)
+		cfg.BurstWindow = time.Duration(as.BurstWindow)
+	}
+	return cfg
 }
 
 // WorkerLimitsConfig holds limits on a project's workers.
@@ -250,6 +338,22 @@ type WorkerConfig struct {
 	// Limits on the pool of workers.
 	Worker WorkerLimitsConfig `json:"worker,omitempty"`
 
+	// Moves the worker count with the load. Default: off; `workers` run.
+	Autoscale AutoscaleConfig `json:"autoscale,omitempty"`
+
+	// How long a pool may go without requests before all its workers are
+	// stopped; the next request starts one again. A request counts until
+	// its response body has been sent, so an open SSE stream or WebSocket
+	// keeps its worker. Overrides `autoscale.idle_ttl`. Default: off.
+	IdleTTL caddy.Duration `json:"idle_ttl,omitempty"`
+
+	// Bounds on the requests that wait for a ready worker.
+	Queue QueueConfig `json:"queue,omitempty"`
+
+	// Adds a `Server-Timing` header with the time the request waited for
+	// a ready worker (`queue;dur=<ms>`). Default: off.
+	ServerTiming bool `json:"server_timing,omitempty"`
+
 	// How workers are checked for readiness.
 	Health HealthConfig `json:"health,omitempty"`
 
@@ -304,6 +408,12 @@ func (wc *WorkerConfig) applyDefaults() {
 		yes := true
 		wc.Proxy.PassRequestID = &yes
 	}
+	if wc.Queue.MaxItems == 0 {
+		wc.Queue.MaxItems = defaultQueueItems
+	}
+	if wc.Queue.MaxWait == 0 {
+		wc.Queue.MaxWait = wc.Proxy.Timeout
+	}
 	if wc.Timeouts.Connect == 0 {
 		wc.Timeouts.Connect = caddy.Duration(defaultConnectTimeout)
 	}
@@ -317,6 +427,14 @@ func (wc *WorkerConfig) validate() error {
 	}
 	if wc.Workers < 0 && wc.Workers != workersAuto {
 		return fmt.Errorf("workers: must be at least 1 (or \"auto\"), got %d", wc.Workers)
+	}
+	if s := wc.scaling(); s != nil {
+		if _, err := autoscale.New(*s); err != nil {
+			return err
+		}
+	}
+	if wc.Queue.MaxItems < 0 {
+		return fmt.Errorf("queue.max_items: must not be negative, got %d", wc.Queue.MaxItems)
 	}
 	if wc.Worker.Pool.Max < 0 {
 		return fmt.Errorf("worker.pool.max: must not be negative, got %d", wc.Worker.Pool.Max)
@@ -368,6 +486,8 @@ func (wc *WorkerConfig) validate() error {
 		{"stop_grace", wc.StopGrace},
 		{"drain_timeout", wc.DrainTimeout},
 		{"proxy.stream_close_delay", wc.Proxy.StreamCloseDelay},
+		{"idle_ttl", wc.IdleTTL},
+		{"queue.max_wait", wc.Queue.MaxWait},
 	} {
 		if d.value < 0 {
 			return fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.value))

@@ -55,6 +55,19 @@ var (
 		Buckets:   []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 	}, []string{"project"})
 
+	metricScaleEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oxian_hv",
+		Name:      "scale_events_total",
+		Help:      "Changes of a pool's worker count by autoscaling, idle stop and wake, by project and direction (up, down).",
+	}, []string{"project", "direction"})
+
+	metricQueueWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "oxian_hv",
+		Name:      "queue_wait_seconds",
+		Help:      "Time requests waited for a ready worker, by project.",
+		Buckets:   []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"project"})
+
 	poolCollector = &poolStateCollector{
 		inflight: prometheus.NewDesc("oxian_hv_requests_in_flight",
 			"Requests in flight on a worker, counted until the response body has been sent.",
@@ -76,7 +89,7 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
 	}
 	for _, c := range []prometheus.Collector{
 		metricRequests, metricErrors, metricDuration,
-		metricRestarts, metricFailures, metricSpawn, poolCollector,
+		metricRestarts, metricFailures, metricSpawn, metricScaleEvents, metricQueueWait, poolCollector,
 	} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
@@ -98,6 +111,13 @@ func poolHooks(project string) workerpool.Hooks {
 		},
 		Failed: func(worker int) {
 			metricFailures.WithLabelValues(project, strconv.Itoa(worker)).Inc()
+		},
+		Scaled: func(from, to int, _ string) {
+			direction := "up"
+			if to < from {
+				direction = "down"
+			}
+			metricScaleEvents.WithLabelValues(project, direction).Inc()
 		},
 	}
 }

@@ -426,6 +426,8 @@ type responseWriter struct {
 	requestID      string
 	requestIDValue []string
 	status         int
+	serverTiming   bool
+	queued         time.Duration
 	lease          selection.Lease
 }
 
@@ -443,6 +445,10 @@ func (rw *responseWriter) WriteHeader(status int) {
 		rw.status = status
 		if rw.requestIDValue != nil {
 			rw.ResponseWriter.Header()[requestIDHeader] = rw.requestIDValue
+		}
+		if rw.serverTiming {
+			rw.ResponseWriter.Header().Add("Server-Timing",
+				fmt.Sprintf("queue;dur=%.1f", float64(rw.queued.Microseconds())/1000))
 		}
 	}
 	rw.ResponseWriter.WriteHeader(status)

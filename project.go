@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -27,6 +28,7 @@ type project struct {
 	stripPrefix string
 	webConfig   *WebConfig
 	web         caddyhttp.MiddlewareHandler
+	waitLimit   caddy.Duration
 
 	logger    *zap.Logger
 	handle    *poolHandle
@@ -84,7 +86,7 @@ func (p *project) specFor(wc WorkerConfig) workerpool.Spec {
 		Command:  wc.Command,
 		Dir:      wc.Dir,
 		Env:      wc.Env,
-		Workers:  wc.workerCount(),
+		Workers:  initialWorkers(wc),
 		BasePort: wc.WorkerBasePort,
 		Health: workerpool.HealthSpec{
 			Path:         wc.Health.Path,
@@ -96,7 +98,18 @@ func (p *project) specFor(wc WorkerConfig) workerpool.Spec {
 		},
 		StopGrace: time.Duration(wc.StopGrace),
 		Drain:     time.Duration(wc.DrainTimeout),
+		Scaling:   wc.scaling(),
 	}
+}
+
+// initialWorkers is how many workers a pool starts with: `workers`, within
+// the autoscaling bounds.
+func initialWorkers(wc WorkerConfig) int {
+	n := wc.workerCount()
+	if s := wc.scaling(); s != nil {
+		n = min(max(n, s.Min), s.Max)
+	}
+	return n
 }
 
 // newReverseProxy builds and provisions the Caddy reverse proxy that
@@ -135,10 +148,11 @@ func (p *project) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, err
 	}
 
 	// retries cover failed connections and the wait for a ready worker
-	tryDuration := p.cfg.Proxy.Timeout
+	tryDuration := min(p.cfg.Proxy.Timeout, p.cfg.Queue.MaxWait)
 	if p.cfg.Timeouts.Total > 0 && p.cfg.Timeouts.Total < tryDuration {
 		tryDuration = p.cfg.Timeouts.Total
 	}
+	p.waitLimit = tryDuration
 	if err := transport.Provision(ctx); err != nil {
 		return nil, fmt.Errorf("setting up transport: %v", err)
 	}
@@ -197,14 +211,44 @@ func (p *project) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}
 	p.addLogFields(r, rw.requestID)
 
-	// a pool whose workers all failed cannot answer soon: say so at once
-	if pool := p.handle.pool.Load(); pool != nil && !pool.Live() {
-		w.Header().Set("Retry-After", failedRetryAfter)
-		err := p.writeError(w, r, rw.requestID, http.StatusServiceUnavailable,
-			fmt.Sprintf("no worker of project %s is ready: all its workers failed", p.name), nil)
-		p.metrics.observe("", http.StatusServiceUnavailable, false, time.Since(began))
-		return err
+	// wake a pool stopped for idleness; a pool whose workers all failed
+	// cannot answer soon: say so at once
+	pool := p.handle.pool.Load()
+	if pool != nil {
+		pool.RequestStarted()
+		defer func() { pool.RequestDone(time.Since(began)) }()
+		if len(pool.Ready()) == 0 {
+			pool.Wake()
+		}
+		if !pool.Live() {
+			w.Header().Set("Retry-After", failedRetryAfter)
+			err := p.writeError(w, r, rw.requestID, http.StatusServiceUnavailable,
+				fmt.Sprintf("no worker of project %s is ready: all its workers failed", p.name), nil)
+			p.metrics.observe("", http.StatusServiceUnavailable, false, time.Since(began))
+			return err
+		}
 	}
+
+	// with no ready worker, the request waits in a bounded queue
+	if pool != nil && len(pool.Ready()) == 0 {
+		if !pool.EnterQueue(p.cfg.Queue.MaxItems) {
+			err := p.writeUnavailable(w, r, rw.requestID,
+				fmt.Sprintf("the queue is full (%d requests wait)", p.cfg.Queue.MaxItems), nil)
+			p.metrics.observe("", http.StatusServiceUnavailable, false, time.Since(began))
+			return err
+		}
+		var left sync.Once
+		leave := func() {
+			left.Do(func() {
+				pool.LeaveQueue()
+				rw.queued = time.Since(began)
+				metricQueueWait.WithLabelValues(p.name).Observe(rw.queued.Seconds())
+			})
+		}
+		rw.lease.OnBind = leave
+		defer leave()
+	}
+	rw.serverTiming = p.cfg.ServerTiming
 
 	// timeouts.total bounds everything; proxy.timeout is kept by the
 	// proxy's retry limit and the worker transport
@@ -243,7 +287,7 @@ func (p *project) answerProxyError(w http.ResponseWriter, r *http.Request, reque
 	switch herr.StatusCode {
 	case http.StatusServiceUnavailable:
 		return herr.StatusCode, p.writeUnavailable(w, r, requestID,
-			fmt.Sprintf("none got ready within %s", time.Duration(p.cfg.Proxy.Timeout)), herr.Err)
+			fmt.Sprintf("none got ready within %s", time.Duration(p.waitLimit)), herr.Err)
 	case http.StatusGatewayTimeout:
 		return herr.StatusCode, p.writeError(w, r, requestID, herr.StatusCode,
 			"the request ran out of time (timeouts.total)", herr.Err)

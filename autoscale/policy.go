@@ -1,8 +1,5 @@
 // Package autoscale decides how many workers a pool should run.
 //
-// TODO: the worker pools do not consult a Policy yet; until they do, pools
-// run the worker count their config gives.
-//
 // # Model
 //
 // The caller samples its pool on a regular tick (about once a second; well

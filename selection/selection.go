@@ -74,6 +74,10 @@ type Tracker interface {
 // Lease binds one request to the worker serving it. A retry moves the
 // lease to the next worker; Release ends it.
 type Lease struct {
+	// OnBind, when set, is called once, when the lease is first bound to
+	// a worker.
+	OnBind func()
+
 	mu  sync.Mutex
 	cur Tracker
 }
@@ -87,6 +91,9 @@ func (l *Lease) Move(t Tracker) {
 	}
 	if l.cur != nil {
 		l.cur.End()
+	} else if l.OnBind != nil {
+		l.OnBind()
+		l.OnBind = nil
 	}
 	t.Begin()
 	l.cur = t

@@ -3,6 +3,7 @@ package workerpool
 import (
 	"context"
 	"net/http"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -22,6 +23,7 @@ type Pool struct {
 	ready atomic.Pointer[readySet]
 
 	hooks Hooks
+	load  load
 
 	mu       sync.Mutex
 	spec     Spec
@@ -32,10 +34,12 @@ type Pool struct {
 	rolling  bool
 	rollWhy  string
 	since    time.Time
-	started  bool
-	closed   bool
-	changed  chan struct{}
-	stopping sync.WaitGroup
+
+	stopScaling context.CancelFunc
+	started     bool
+	closed      bool
+	changed     chan struct{}
+	stopping    sync.WaitGroup
 }
 
 // readySet is an immutable snapshot of the workers that take traffic.
@@ -97,6 +101,7 @@ func (p *Pool) Start() {
 		zap.Int("workers", p.spec.Workers),
 		zap.Strings("command", p.spec.Command))
 	p.scaleLocked(p.spec.Workers, "start")
+	p.startScalingLocked()
 }
 
 // Reconfigure applies spec to the running pool. Health settings, ports,
@@ -112,12 +117,26 @@ func (p *Pool) Reconfigure(spec Spec) {
 	if p.closed {
 		return
 	}
+	old := p.spec
 	p.spec = spec
 	id := spec.Identity()
 	changed := id != p.identity
 	p.identity = id
 	if !p.started {
 		return
+	}
+
+	// a scaled pool keeps the count it has, within the new bounds
+	if spec.Scaling != nil {
+		n := len(p.workers)
+		if n > 0 {
+			n = min(max(n, spec.Scaling.Min, 1), spec.Scaling.Max)
+		}
+		spec.Workers = n
+		p.spec.Workers = n
+	}
+	if !reflect.DeepEqual(old.Scaling, spec.Scaling) {
+		p.startScalingLocked()
 	}
 
 	// a new generation first, so that workers added below start as part
@@ -415,6 +434,10 @@ func (p *Pool) Live() bool {
 	defer p.mu.Unlock()
 	if !p.started && !p.closed {
 		return true
+	}
+	if len(p.workers) == 0 && !p.closed {
+		// stopped for idleness, or scaled to zero: it wakes on demand
+		return p.spec.Scaling != nil
 	}
 	for _, w := range p.workers {
 		switch w.currentState() {

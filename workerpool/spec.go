@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oxian-hv/oxian-hv/autoscale"
 )
 
 // PortPlaceholder in a command argument or environment value is replaced by
@@ -48,6 +50,11 @@ type Spec struct {
 	// replaced, shut down) may finish its requests in flight before it
 	// gets SIGTERM.
 	Drain time.Duration
+
+	// Scaling, when set, lets a policy move the worker count between its
+	// Min and Max with the load, and stop idle pools; Workers is then only
+	// the starting count.
+	Scaling *autoscale.Config
 }
 
 // Hooks are called on events in the life of a pool's workers, with the
@@ -63,6 +70,9 @@ type Hooks struct {
 
 	// Failed is called when a worker is marked failed.
 	Failed func(worker int)
+
+	// Scaled is called when the scaling policy changes the worker count.
+	Scaled func(from, to int, reason string)
 }
 
 func (h Hooks) ready(worker int, startup time.Duration) {
@@ -74,6 +84,12 @@ func (h Hooks) ready(worker int, startup time.Duration) {
 func (h Hooks) restarting(worker int) {
 	if h.Restarting != nil {
 		h.Restarting(worker)
+	}
+}
+
+func (h Hooks) scaled(from, to int, reason string) {
+	if h.Scaled != nil {
+		h.Scaled(from, to, reason)
 	}
 }
 
