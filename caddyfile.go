@@ -355,6 +355,7 @@ func (wc *WorkerConfig) unmarshalWorkerLimits(d *caddyfile.Dispenser) error {
 //	    max_starting               <n>
 //	    stable_window              <duration>
 //	    burst_window               <duration>
+//	    warm_up                    <duration>
 //	}
 //
 // The block turns autoscaling on; `enabled false` inside it turns it off.
@@ -365,11 +366,12 @@ func (wc *WorkerConfig) unmarshalAutoscale(d *caddyfile.Dispenser) error {
 	as := &wc.Autoscale
 	as.Enabled = true
 	allowed := []string{"enabled", "min", "max", "target_inflight_per_worker", "max_avg_latency",
-		"scale_up_cooldown", "scale_down_cooldown", "idle_ttl", "max_starting", "stable_window", "burst_window"}
+		"scale_up_cooldown", "scale_down_cooldown", "idle_ttl", "max_starting", "stable_window", "burst_window", "warm_up"}
 	durations := map[string]*caddy.Duration{
 		"max_avg_latency": &as.MaxAvgLatency, "scale_up_cooldown": &as.ScaleUpCooldown,
 		"scale_down_cooldown": &as.ScaleDownCooldown, "idle_ttl": &as.IdleTTL,
 		"stable_window": &as.StableWindow, "burst_window": &as.BurstWindow,
+		"warm_up": &as.WarmUp,
 	}
 	counts := map[string]*int{"min": &as.Min, "max": &as.Max, "max_starting": &as.MaxStarting}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {

@@ -32,6 +32,7 @@ const (
 	defaultDrainTimeout   = 30 * time.Second
 	defaultStreamClose    = 5 * time.Minute
 	defaultQueueItems     = 1000
+	defaultWarmUp         = 2 * time.Second
 )
 
 // The load-balancing strategies a pool can use.
@@ -143,6 +144,11 @@ type AutoscaleConfig struct {
 
 	// The short window that notices a surge. Default: `6s`.
 	BurstWindow caddy.Duration `json:"burst_window,omitempty"`
+
+	// How long a newly ready worker gets a reduced share of the traffic,
+	// growing from none to a full share, so that a burst does not land
+	// on a cold process. Default: `2s`.
+	WarmUp caddy.Duration `json:"warm_up,omitempty"`
 }
 
 // QueueConfig bounds the requests waiting for a ready worker, as while a
@@ -487,6 +493,7 @@ func (wc *WorkerConfig) validate() error {
 		{"drain_timeout", wc.DrainTimeout},
 		{"proxy.stream_close_delay", wc.Proxy.StreamCloseDelay},
 		{"idle_ttl", wc.IdleTTL},
+		{"autoscale.warm_up", wc.Autoscale.WarmUp},
 		{"queue.max_wait", wc.Queue.MaxWait},
 	} {
 		if d.value < 0 {

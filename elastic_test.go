@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 // poolSize returns the number of workers of the single pool and how many
@@ -165,5 +167,52 @@ func TestAutoscaleUpUnderLoadAndBackDown(t *testing.T) {
 	})
 	if !seen[2] {
 		t.Logf("the step through 2 workers was not sampled (saw %v)", seen)
+	}
+}
+
+func TestCaddyfileElasticSettings(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`oxian_hv {
+		command ./app
+		idle_ttl 3m
+		server_timing
+		queue {
+			max_items 50
+			max_wait 5s
+		}
+		autoscale {
+			min 2
+			max 8
+			target_inflight_per_worker 25
+			max_avg_latency 150ms
+			scale_up_cooldown 10s
+			scale_down_cooldown 1m
+			max_starting 3
+			stable_window 30s
+			burst_window 3s
+			warm_up 1s
+		}
+	}`)
+	var h Handler
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	as := h.Autoscale
+	if !as.Enabled || as.Min != 2 || as.Max != 8 || as.TargetInflightPerWorker != 25 ||
+		time.Duration(as.MaxAvgLatency) != 150*time.Millisecond || as.MaxStarting != 3 ||
+		time.Duration(as.WarmUp) != time.Second || time.Duration(h.IdleTTL) != 3*time.Minute ||
+		h.Queue.MaxItems != 50 || !h.ServerTiming {
+		t.Fatalf("parsed %+v", h.WorkerConfig)
+	}
+	s := h.WorkerConfig.scaling()
+	if s == nil || s.Min != 2 || s.Max != 8 || s.IdleTTL != 3*time.Minute || s.StableWindow != 30*time.Second {
+		t.Fatalf("scaling %+v", s)
+	}
+
+	// bad bounds are reported with the field
+	bad := h.WorkerConfig
+	bad.Autoscale.Min, bad.Autoscale.Max = 5, 2
+	bad.applyDefaults()
+	if err := bad.validate(); err == nil || !strings.Contains(err.Error(), "max") {
+		t.Fatalf("min above max: %v", err)
 	}
 }

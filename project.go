@@ -1,6 +1,7 @@
 package oxianhv
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -99,7 +100,17 @@ func (p *project) specFor(wc WorkerConfig) workerpool.Spec {
 		StopGrace: time.Duration(wc.StopGrace),
 		Drain:     time.Duration(wc.DrainTimeout),
 		Scaling:   wc.scaling(),
+		WarmUp:    warmUp(wc),
 	}
+}
+
+// warmUp is the warm-up of new workers: only pools that scale with the
+// load get one, since only they add workers under load.
+func warmUp(wc WorkerConfig) time.Duration {
+	if !wc.Autoscale.Enabled {
+		return 0
+	}
+	return time.Duration(cmp.Or(wc.Autoscale.WarmUp, caddy.Duration(defaultWarmUp)))
 }
 
 // initialWorkers is how many workers a pool starts with: `workers`, within

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"reflect"
 	"sync"
 	"time"
 
@@ -50,9 +51,8 @@ type Decision struct {
 	// A path prefix to remove before the request reaches a worker.
 	StripPathPrefix string `json:"strip_path_prefix,omitempty"`
 
-	// How long the project's workers may sit idle before they are stopped.
-	// TODO: workers are not stopped for idleness yet; the value is kept
-	// for when they are.
+	// How long the workers of a project created on demand may sit idle
+	// before they are stopped, over the template's `idle_ttl`.
 	IdleTTL caddy.Duration `json:"idle_ttl,omitempty"`
 
 	// Proxy the request to this URL (`http://host:port`) and spawn nothing.
@@ -364,12 +364,14 @@ func (h *Handler) projectFor(d *Decision) (*project, error) {
 	h.dyn.mu.Lock()
 	defer h.dyn.mu.Unlock()
 	cfg := overlay(overlay(h.WorkerConfig, h.OnDemand.Template.WorkerConfig), WorkerConfig{
-		Command: d.Command, Dir: d.Dir, Env: d.Env,
+		Command: d.Command, Dir: d.Dir, Env: d.Env, IdleTTL: d.IdleTTL,
 	})
 	if p, ok := h.dyn.projects[d.Project]; ok {
-		// a decision that changes what runs replaces the workers
+		// a decision that changes what runs replaces the workers; one
+		// that changes idle_ttl changes the pool's scaling
 		cfg.applyDefaults()
-		if spec := p.specFor(cfg); spec.Identity() != p.handle.spec.Identity() {
+		spec := p.specFor(cfg)
+		if spec.Identity() != p.handle.spec.Identity() || !reflect.DeepEqual(spec.Scaling, p.handle.spec.Scaling) {
 			if pool := p.handle.pool.Load(); pool != nil {
 				pool.Reconfigure(spec)
 				p.handle.spec = spec

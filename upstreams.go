@@ -1,10 +1,12 @@
 package oxianhv
 
 import (
+	"math/rand/v2"
 	"net/http"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/oxian-hv/oxian-hv/workerpool"
 )
 
 // readyWait is how long one look for upstreams waits for a worker to become
@@ -40,6 +42,14 @@ func (ps *poolSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, e
 		addrs = pool.ReadyAddrs()
 	}
 
+	// new workers of a scaled pool get a growing share while they warm up
+	if warm := pool.WarmUp(); warm > 0 && len(addrs) > 1 {
+		workers, all := pool.ReadyWorkers()
+		now := time.Now()
+		share := func(i int) float64 { return workerpool.WarmShare(workers[i].ReadySince(), now, warm) }
+		addrs = warmAddrs(all, share, rand.Float64)
+	}
+
 	// the proxy writes state into each upstream, so every call needs its
 	// own; two allocations serve them all
 	backing := make([]reverseproxy.Upstream, len(addrs))
@@ -49,6 +59,23 @@ func (ps *poolSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, e
 		ups[i] = &backing[i]
 	}
 	return ups, nil
+}
+
+// warmAddrs leaves out, by chance, workers that are still warming up: the
+// worker at addrs[i] stays with the probability share(i). It never leaves
+// out every worker.
+func warmAddrs(addrs []string, share func(i int) float64, chance func() float64) []string {
+	var kept []string
+	for i, addr := range addrs {
+		if s := share(i); s < 1 && chance() >= s {
+			continue
+		}
+		kept = append(kept, addr)
+	}
+	if len(kept) == 0 {
+		return addrs
+	}
+	return kept
 }
 
 // canceled returns no upstreams, or, if the request is already canceled,

@@ -22,8 +22,9 @@ type Pool struct {
 
 	ready atomic.Pointer[readySet]
 
-	hooks Hooks
-	load  load
+	hooks  Hooks
+	load   load
+	warmUp atomic.Int64
 
 	mu       sync.Mutex
 	spec     Spec
@@ -73,6 +74,7 @@ func New(spec Spec, logger *zap.Logger, hooks Hooks) *Pool {
 		changed:  make(chan struct{}),
 	}
 	p.ready.Store(&readySet{})
+	p.warmUp.Store(int64(spec.WarmUp))
 	return p
 }
 
@@ -119,6 +121,7 @@ func (p *Pool) Reconfigure(spec Spec) {
 	}
 	old := p.spec
 	p.spec = spec
+	p.warmUp.Store(int64(spec.WarmUp))
 	id := spec.Identity()
 	changed := id != p.identity
 	p.identity = id
@@ -367,6 +370,17 @@ func (p *Pool) Close(reason string, drain time.Duration, wait bool) {
 // Ready returns the workers that take traffic, in index order. The slice
 // is shared: do not modify it.
 func (p *Pool) Ready() []*Worker { return p.ready.Load().workers }
+
+// ReadyWorkers returns the ready workers and their dial addresses, from
+// one snapshot, in index order. The slices are shared: do not modify them.
+func (p *Pool) ReadyWorkers() ([]*Worker, []string) {
+	rs := p.ready.Load()
+	return rs.workers, rs.addrs
+}
+
+// WarmUp returns how long a newly ready worker gets a reduced share of the
+// traffic; 0 means none.
+func (p *Pool) WarmUp() time.Duration { return time.Duration(p.warmUp.Load()) }
 
 // ReadyAddrs returns the dial addresses of the ready workers, in index
 // order. The slice is shared: do not modify it.

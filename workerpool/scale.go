@@ -145,3 +145,16 @@ func (p *Pool) applyDecision(d autoscale.Decision, current int) {
 	p.spec.Workers = d.Target
 	p.scaleLocked(d.Target, "autoscale: "+d.Reason)
 }
+
+// WarmShare returns the share of traffic, from 0 to 1, that a worker ready
+// since readySince gets at now, growing evenly over warmUp.
+func WarmShare(readySince, now time.Time, warmUp time.Duration) float64 {
+	if warmUp <= 0 || readySince.IsZero() {
+		return 1
+	}
+	age := now.Sub(readySince)
+	if age >= warmUp {
+		return 1
+	}
+	return max(0, float64(age)/float64(warmUp))
+}

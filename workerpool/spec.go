@@ -55,6 +55,10 @@ type Spec struct {
 	// Min and Max with the load, and stop idle pools; Workers is then only
 	// the starting count.
 	Scaling *autoscale.Config
+
+	// WarmUp is how long a newly ready worker gets a reduced share of the
+	// traffic; see WarmShare.
+	WarmUp time.Duration
 }
 
 // Hooks are called on events in the life of a pool's workers, with the

@@ -497,5 +497,13 @@ func (p *Pool) probe(addr string, hs HealthSpec) (int, error) {
 	return resp.StatusCode, nil
 }
 
+// ReadySince returns when the worker's current process first passed its
+// health probe, or the zero time.
+func (w *Worker) ReadySince() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.readyAt
+}
+
 // ID returns the worker's index as text, as logs and placeholders show it.
 func (w *Worker) ID() string { return w.id }
