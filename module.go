@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/oxian-hv/oxian-hv/selection"
+	"github.com/oxian-hv/oxian-hv/workerpool"
 )
 
 func init() {
@@ -427,6 +428,7 @@ type responseWriter struct {
 	requestIDValue []string
 	status         int
 	serverTiming   bool
+	began          time.Time
 	queued         time.Duration
 	lease          selection.Lease
 }
@@ -447,11 +449,21 @@ func (rw *responseWriter) WriteHeader(status int) {
 			rw.ResponseWriter.Header()[requestIDHeader] = rw.requestIDValue
 		}
 		if rw.serverTiming {
-			rw.ResponseWriter.Header().Add("Server-Timing",
-				fmt.Sprintf("queue;dur=%.1f", float64(rw.queued.Microseconds())/1000))
+			rw.addServerTiming()
 		}
 	}
 	rw.ResponseWriter.WriteHeader(status)
+}
+
+// addServerTiming reports the wait for a ready worker and, when the worker
+// that serves the request started while it waited, that worker's spawn
+// time.
+func (rw *responseWriter) addServerTiming() {
+	timing := fmt.Sprintf("queue;dur=%.1f", float64(rw.queued.Microseconds())/1000)
+	if w, ok := rw.lease.Current().(*workerpool.Worker); ok && rw.queued > 0 && w.ReadySince().After(rw.began) {
+		timing += fmt.Sprintf(", spawn;dur=%.1f", float64(w.Startup().Microseconds())/1000)
+	}
+	rw.ResponseWriter.Header().Add("Server-Timing", timing)
 }
 
 // Write writes body bytes, and the header first if it was not written.

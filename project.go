@@ -259,7 +259,7 @@ func (p *project) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		rw.lease.OnBind = leave
 		defer leave()
 	}
-	rw.serverTiming = p.cfg.ServerTiming
+	rw.serverTiming, rw.began = p.cfg.ServerTiming, began
 
 	// timeouts.total bounds everything; proxy.timeout is kept by the
 	// proxy's retry limit and the worker transport

@@ -84,6 +84,7 @@ type Worker struct {
 	lastError string
 	lastExit  string
 	readyAt   time.Time
+	startup   time.Duration
 
 	stopOnce   sync.Once
 	stopCh     chan struct{}
@@ -361,6 +362,7 @@ func (w *Worker) watch(spec Spec, logger *zap.Logger, pid int, exited <-chan err
 					logger.Info("worker ready", zap.Duration("startup", startup))
 					w.mu.Lock()
 					w.readyAt = time.Now()
+					w.startup = startup
 					w.lastError = w.lastExit // probes while starting are not news
 					w.mu.Unlock()
 					w.pool.hooks.ready(w.Index, startup)
@@ -503,6 +505,17 @@ func (w *Worker) ReadySince() time.Time {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.readyAt
+}
+
+// Startup returns how long the worker's current process took from spawn
+// to its first passed health probe, or 0 before that.
+func (w *Worker) Startup() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.readyAt.IsZero() {
+		return 0
+	}
+	return w.startup
 }
 
 // ID returns the worker's index as text, as logs and placeholders show it.
