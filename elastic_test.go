@@ -216,3 +216,16 @@ func TestCaddyfileElasticSettings(t *testing.T) {
 		t.Fatalf("min above max: %v", err)
 	}
 }
+
+func TestHealthOfAnIdlePool(t *testing.T) {
+	s := startCaddy(t, pool("workers 1", "idle_ttl 300ms"))
+	s.waitReady(1)
+	eventually(t, 10*time.Second, "idle stop", func() bool {
+		n, _ := s.poolSize()
+		return n == 0
+	})
+	report, status := s.health()
+	if status != http.StatusOK || report.Status != "idle" {
+		t.Fatalf("health of an idle pool: %d %+v", status, report)
+	}
+}

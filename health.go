@@ -15,8 +15,9 @@ const maxRequestIDLen = 128
 
 // healthReport is the hypervisor's answer on its health path.
 type healthReport struct {
-	// Status is `ok` while at least one worker is ready, `starting` before
-	// the pools exist, and `unavailable` otherwise.
+	// Status is `ok` while at least one worker is ready, `idle` while the
+	// pools are stopped for idleness (a request wakes them), `starting`
+	// before the pools exist, and `unavailable` otherwise.
 	Status   string              `json:"status"`
 	Projects []workerpool.Status `json:"projects"`
 }
@@ -41,8 +42,15 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) error {
 		}
 		ps := pool.Status()
 		report.Projects = append(report.Projects, ps)
-		if ps.Ready > 0 {
+		switch {
+		case ps.Ready > 0:
 			report.Status = "ok"
+			status = http.StatusOK
+		case len(ps.Workers) == 0 && pool.Live():
+			// stopped for idleness: the next request wakes it
+			if report.Status != "ok" {
+				report.Status = "idle"
+			}
 			status = http.StatusOK
 		}
 	}

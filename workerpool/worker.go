@@ -54,12 +54,16 @@ const (
 	failedRetry      = 30 * time.Second
 )
 
-// probe pacing while a worker starts: every startProbeFirst for the first
-// startProbeFast, then slowing down to startProbeMax
+// probe pacing while a worker starts: every startProbeEager for the first
+// startProbeEagerFor, so that a fast app gets traffic within a millisecond
+// of listening; then every startProbeFirst until startProbeFast; then
+// slowing down to startProbeMax
 const (
-	startProbeFirst = 10 * time.Millisecond
-	startProbeFast  = 2 * time.Second
-	startProbeMax   = 250 * time.Millisecond
+	startProbeEager    = time.Millisecond
+	startProbeEagerFor = 100 * time.Millisecond
+	startProbeFirst    = 10 * time.Millisecond
+	startProbeFast     = 2 * time.Second
+	startProbeMax      = 250 * time.Millisecond
 )
 
 // Worker is one slot of a pool: a process that is restarted whenever it
@@ -331,7 +335,7 @@ func (w *Worker) watch(spec Spec, logger *zap.Logger, pid int, exited <-chan err
 	spawned := time.Now()
 	everReady := false
 	fails := 0
-	delay := startProbeFirst
+	delay := startProbeEager
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
 
@@ -414,6 +418,8 @@ func (w *Worker) watch(spec Spec, logger *zap.Logger, pid int, exited <-chan err
 			delay = spec.Health.Interval
 		case time.Since(spawned) > startProbeFast:
 			delay = min(delay*2, startProbeMax)
+		case time.Since(spawned) > startProbeEagerFor:
+			delay = startProbeFirst
 		}
 		timer.Reset(delay)
 	}
