@@ -242,8 +242,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if p == nil {
 		return next.ServeHTTP(w, r)
 	}
+	rs := &requestState{project: p.name}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.oxian_hv.project", p.name)
+	repl.Map(rs.placeholder)
 
 	// outside the API: the front end, if any
 	if !underPath(r.URL.Path, p.basePath) {
@@ -265,7 +266,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return err
 		}
 	}
-	return p.serve(w, r, next)
+	return p.serve(w, r, next, rs)
+}
+
+// requestState is what the handler knows of a request, for its
+// placeholders; it holds the request's response writer too, to save an
+// allocation.
+type requestState struct {
+	rw      responseWriter
+	project string
+}
+
+// placeholder resolves the handler's placeholders, when they are asked
+// for rather than on every request.
+func (rs *requestState) placeholder(key string) (any, bool) {
+	switch key {
+	case "http.oxian_hv.project":
+		return rs.project, true
+	case "http.oxian_hv.request_id":
+		return rs.rw.requestID, rs.rw.requestID != ""
+	case "http.oxian_hv.worker":
+		if t := rs.rw.lease.Current(); t != nil {
+			return t.ID(), true
+		}
+	}
+	return nil, false
 }
 
 // setUpProjects provisions the projects and the router between them.

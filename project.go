@@ -155,7 +155,6 @@ func (p *project) newReverseProxy(ctx caddy.Context) (*reverseproxy.Handler, err
 			}
 			return nil
 		},
-		Placeholder: "http.oxian_hv.worker",
 	}
 
 	// retries cover failed connections and the wait for a ready worker
@@ -210,15 +209,14 @@ func (p *project) cleanup() error {
 }
 
 // serve proxies the request to a worker of the project.
-func (p *project) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (p *project) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rs *requestState) error {
 	began := time.Now()
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 
 	// request id and context headers
-	rw := &responseWriter{ResponseWriter: w}
+	rw := &rs.rw
+	rw.ResponseWriter = w
 	if *p.cfg.Proxy.PassRequestID {
 		rw.requestID, rw.requestIDValue = requestID(r)
-		repl.Set("http.oxian_hv.request_id", rw.requestID)
 	}
 	p.addLogFields(r, rw.requestID)
 

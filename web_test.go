@@ -156,3 +156,20 @@ func TestOnRequestFailureEndsWith500(t *testing.T) {
 		t.Fatal("the worker saw a request whose on_request failed")
 	}
 }
+
+func TestPlaceholdersReachLaterHandlers(t *testing.T) {
+	s := startCaddy(t, "\theader >X-Served-By {http.oxian_hv.worker}\n"+
+		"\theader >X-Project {http.oxian_hv.project}\n"+
+		"\theader >X-Id {http.oxian_hv.request_id}\n"+
+		pool("workers 2", "project shop"))
+	s.waitReady(2)
+	for range 4 {
+		resp, _ := s.get("/whoami", "X-Request-Id", "rid-1")
+		if got, want := resp.Header.Get("X-Served-By"), resp.Header.Get("X-Worker"); got == "" || got != want {
+			t.Fatalf("X-Served-By %q, but worker %q answered", got, want)
+		}
+		if resp.Header.Get("X-Project") != "shop" || resp.Header.Get("X-Id") != "rid-1" {
+			t.Fatalf("placeholders: project %q, request id %q", resp.Header.Get("X-Project"), resp.Header.Get("X-Id"))
+		}
+	}
+}
