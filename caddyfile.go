@@ -19,14 +19,21 @@ func init() {
 
 // The subdirectives allowed in each block, in the order they are documented.
 var (
-	workerSubdirectives   = []string{"command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy", "sticky_header", "worker", "autoscale", "idle_ttl", "queue", "server_timing", "health", "proxy", "timeouts"}
+	workerSubdirectives = []string{
+		"command", "dir", "env", "workers", "worker_base_port", "stop_grace", "drain_timeout", "strategy",
+		"sticky_header", "worker", "autoscale", "idle_ttl", "queue", "server_timing", "health", "proxy", "timeouts",
+	}
 	healthSubdirectives   = []string{"path", "method", "interval", "timeout", "start_timeout", "fails"}
 	proxySubdirectives    = []string{"timeout", "stream_close_delay", "pass_request_id", "forward_headers"}
 	timeoutsSubdirectives = []string{"connect", "headers", "idle", "total"}
-	topSubdirectives      = append([]string{"project", "base_path", "projects", "select", "provider", "on_demand", "web", "on_request"}, workerSubdirectives...)
-	projectSubdirectives  = append([]string{"base_path", "strip_path_prefix", "web"}, workerSubdirectives...)
-	webSubdirectives      = []string{"dev_proxy_target", "static_dir", "static_cache_control"}
-	selectSubdirectives   = []string{"path_prefix", "host_equals", "host_prefix", "host_suffix", "method", "header", "match"}
+	topSubdirectives      = append(
+		[]string{"project", "base_path", "projects", "select", "provider", "on_demand", "web", "on_request"},
+		workerSubdirectives...)
+	projectSubdirectives = append([]string{"base_path", "strip_path_prefix", "web"}, workerSubdirectives...)
+	webSubdirectives     = []string{"dev_proxy_target", "static_dir", "static_cache_control"}
+	selectSubdirectives  = []string{
+		"path_prefix", "host_equals", "host_prefix", "host_suffix", "method", "header", "match",
+	}
 )
 
 // requestPortPlaceholder is what the Caddyfile adapter turns the shorthand

@@ -177,17 +177,21 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 			name:  "unknown top-level subdirective",
 			input: "oxian_hv {\n foo bar\n}",
 			want: []string{"unknown subdirective 'foo' in oxian_hv",
-				"allowed: project, base_path, projects, select, provider, on_demand, web, on_request, command, dir, env, workers, worker_base_port, stop_grace, drain_timeout, strategy, sticky_header, worker, autoscale, idle_ttl, queue, server_timing, health, proxy, timeouts"},
+				"allowed: project, base_path, projects, select, provider, on_demand, web, on_request, " +
+					"command, dir, env, workers, worker_base_port, stop_grace, drain_timeout, strategy, sticky_header, " +
+					"worker, autoscale, idle_ttl, queue, server_timing, health, proxy, timeouts"},
 		},
 		{
 			name:  "unknown health subdirective",
 			input: "oxian_hv {\n health {\n  foo 1\n }\n}",
-			want:  []string{"unknown subdirective 'foo' in health", "allowed: path, method, interval, timeout, start_timeout, fails"},
+			want: []string{"unknown subdirective 'foo' in health",
+				"allowed: path, method, interval, timeout, start_timeout, fails"},
 		},
 		{
 			name:  "unknown proxy subdirective",
 			input: "oxian_hv {\n proxy {\n  foo\n }\n}",
-			want:  []string{"unknown subdirective 'foo' in proxy", "allowed: timeout, stream_close_delay, pass_request_id, forward_headers"},
+			want: []string{"unknown subdirective 'foo' in proxy",
+				"allowed: timeout, stream_close_delay, pass_request_id, forward_headers"},
 		},
 		{
 			name:  "unknown timeouts subdirective",
@@ -328,19 +332,51 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{name: "env with one argument", input: "oxian_hv {\n env KEY\n}", want: []string{"wrong argument count"}},
 		{name: "env with three arguments", input: "oxian_hv {\n env KEY a b\n}", want: []string{"wrong argument count"}},
 		{name: "workers without argument", input: "oxian_hv {\n workers\n}", want: []string{"wrong argument count"}},
-		{name: "worker_base_port without argument", input: "oxian_hv {\n worker_base_port\n}", want: []string{"wrong argument count"}},
+		{
+			name:  "worker_base_port without argument",
+			input: "oxian_hv {\n worker_base_port\n}",
+			want:  []string{"wrong argument count"},
+		},
 		{name: "stop_grace without argument", input: "oxian_hv {\n stop_grace\n}", want: []string{"wrong argument count"}},
 		{name: "strategy without argument", input: "oxian_hv {\n strategy\n}", want: []string{"wrong argument count"}},
-		{name: "sticky_header without argument", input: "oxian_hv {\n sticky_header\n}", want: []string{"wrong argument count"}},
+		{
+			name:  "sticky_header without argument",
+			input: "oxian_hv {\n sticky_header\n}",
+			want:  []string{"wrong argument count"},
+		},
 		{name: "health with argument", input: "oxian_hv {\n health /x\n}", want: []string{"wrong argument count"}},
-		{name: "health path without argument", input: "oxian_hv {\n health {\n  path\n }\n}", want: []string{"wrong argument count"}},
-		{name: "health interval with two arguments", input: "oxian_hv {\n health {\n  interval 1s 2s\n }\n}", want: []string{"wrong argument count"}},
+		{
+			name:  "health path without argument",
+			input: "oxian_hv {\n health {\n  path\n }\n}",
+			want:  []string{"wrong argument count"},
+		},
+		{
+			name:  "health interval with two arguments",
+			input: "oxian_hv {\n health {\n  interval 1s 2s\n }\n}",
+			want:  []string{"wrong argument count"},
+		},
 		{name: "proxy with argument", input: "oxian_hv {\n proxy 30s\n}", want: []string{"wrong argument count"}},
-		{name: "proxy timeout without argument", input: "oxian_hv {\n proxy {\n  timeout\n }\n}", want: []string{"wrong argument count"}},
-		{name: "pass_request_id with two arguments", input: "oxian_hv {\n proxy {\n  pass_request_id true false\n }\n}", want: []string{"wrong argument count"}},
-		{name: "forward_headers without argument", input: "oxian_hv {\n proxy {\n  forward_headers\n }\n}", want: []string{"wrong argument count"}},
+		{
+			name:  "proxy timeout without argument",
+			input: "oxian_hv {\n proxy {\n  timeout\n }\n}",
+			want:  []string{"wrong argument count"},
+		},
+		{
+			name:  "pass_request_id with two arguments",
+			input: "oxian_hv {\n proxy {\n  pass_request_id true false\n }\n}",
+			want:  []string{"wrong argument count"},
+		},
+		{
+			name:  "forward_headers without argument",
+			input: "oxian_hv {\n proxy {\n  forward_headers\n }\n}",
+			want:  []string{"wrong argument count"},
+		},
 		{name: "timeouts with argument", input: "oxian_hv {\n timeouts 1s\n}", want: []string{"wrong argument count"}},
-		{name: "timeouts connect without argument", input: "oxian_hv {\n timeouts {\n  connect\n }\n}", want: []string{"wrong argument count"}},
+		{
+			name:  "timeouts connect without argument",
+			input: "oxian_hv {\n timeouts {\n  connect\n }\n}",
+			want:  []string{"wrong argument count"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

@@ -133,7 +133,8 @@ func TestQueueOverflowAndTimeout(t *testing.T) {
 		t.Fatalf("status %d, Server-Timing %q: %s", resp.StatusCode, timing, body)
 	}
 	var waited, spawn float64
-	if _, err := fmt.Sscanf(timing, "queue;dur=%g, spawn;dur=%g", &waited, &spawn); err != nil || waited < 1000 || spawn < 1000 {
+	if _, err := fmt.Sscanf(timing, "queue;dur=%g, spawn;dur=%g", &waited, &spawn); err != nil ||
+		waited < 1000 || spawn < 1000 {
 		t.Fatalf("Server-Timing %q does not show the wait for the slow start and its spawn time (%v)", timing, err)
 	}
 }

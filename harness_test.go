@@ -88,7 +88,8 @@ func startCaddy(t *testing.T, directives string) *server {
 func (s *server) load(directives string) {
 	s.t.Helper()
 	// any host name, on loopback only
-	caddyfile := fmt.Sprintf("{\n\tauto_https off\n\tadmin off\n}\nhttp://:%d {\n\tbind 127.0.0.1\n%s\n}\n", s.port, directives)
+	caddyfile := fmt.Sprintf("{\n\tauto_https off\n\tadmin off\n}\nhttp://:%d {\n\tbind 127.0.0.1\n%s\n}\n",
+		s.port, directives)
 	if err := caddy.Load(adaptCaddyfile(s.t, caddyfile), true); err != nil {
 		s.t.Fatalf("loading config: %v\n%s", err, caddyfile)
 	}

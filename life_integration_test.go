@@ -165,7 +165,12 @@ func TestStreamsSurviveReload(t *testing.T) {
 
 func TestCrashLoopingPoolFailsAloneAndAnswers503(t *testing.T) {
 	port := freePort(t)
-	s := &server{t: t, port: port, base: fmt.Sprintf("http://127.0.0.1:%d", port), client: &http.Client{Timeout: 20 * time.Second}}
+	s := &server{
+		t:      t,
+		port:   port,
+		base:   fmt.Sprintf("http://127.0.0.1:%d", port),
+		client: &http.Client{Timeout: 20 * time.Second},
+	}
 	s.load(fmt.Sprintf(`	handle /broken/* {
 		oxian_hv {
 			project broken

@@ -58,7 +58,8 @@ var (
 	metricScaleEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oxian_hv",
 		Name:      "scale_events_total",
-		Help:      "Changes of a pool's worker count by autoscaling, idle stop and wake, by project and direction (up, down).",
+		Help: "Changes of a pool's worker count by autoscaling, idle stop and wake, " +
+			"by project and direction (up, down).",
 	}, []string{"project", "direction"})
 
 	metricQueueWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -341,7 +341,8 @@ func TestRequestIDRoundTrip(t *testing.T) {
 	}
 	twiceBody, _ := io.ReadAll(twice.Body)
 	twice.Body.Close()
-	if got := headersSeen(twice, string(twiceBody))["X-Request-Id"]; len(got) != 32 || got != twice.Header.Get("X-Request-Id") {
+	if got := headersSeen(twice, string(twiceBody))["X-Request-Id"]; len(got) != 32 ||
+		got != twice.Header.Get("X-Request-Id") {
 		t.Fatalf("two client ids: worker saw %q, response carries %q", got, twice.Header.Values("X-Request-Id"))
 	}
 
@@ -386,7 +387,8 @@ func TestTotalAndHeaderTimeouts(t *testing.T) {
 	// no headers within timeouts.headers: 504 at once, not retried
 	start := time.Now()
 	resp, body := s.get("/slow?ms=3000")
-	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "no response from a worker within 300ms (timeouts.headers)") {
+	if resp.StatusCode != http.StatusGatewayTimeout ||
+		!strings.Contains(body, "no response from a worker within 300ms (timeouts.headers)") {
 		t.Fatalf("headers timeout: status %d, want 504: %s", resp.StatusCode, body)
 	}
 	if took := time.Since(start); took > 1500*time.Millisecond {

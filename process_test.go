@@ -58,7 +58,8 @@ func runCaddy(t *testing.T, dir string, directives string, n int) *caddyProcess 
 	bin := buildCaddy(t)
 	port := freePort(t)
 	caddyfile := filepath.Join(dir, "Caddyfile")
-	body := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", port, directives)
+	body := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n",
+		port, directives)
 	if err := os.WriteFile(caddyfile, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,9 @@ func TestKilledCaddyLeavesNoWorkerBehind(t *testing.T) {
 
 	// each worker starts a child of its own that ignores the parent-death
 	// signal: only the sweep of the next start can find it
-	directives := fmt.Sprintf("\toxian_hv {\n\t\tcommand /bin/sh -c \"sleep 300 & echo $! > %s/child-$PORT; exec %s\"\n\t\tworkers 2\n\t}",
+	directives := fmt.Sprintf("\toxian_hv {\n"+
+		"\t\tcommand /bin/sh -c \"sleep 300 & echo $! > %s/child-$PORT; exec %s\"\n"+
+		"\t\tworkers 2\n\t}",
 		dir, testworkerBin)
 	first := runCaddy(t, dir, directives, 2)
 	workers := first.workerPIDs(t)

@@ -316,7 +316,9 @@ func (p *project) writeUnavailable(w http.ResponseWriter, r *http.Request, reque
 }
 
 // writeError answers with status and a JSON body that says what happened.
-func (p *project) writeError(w http.ResponseWriter, r *http.Request, requestID string, status int, msg string, cause error) error {
+func (p *project) writeError(
+	w http.ResponseWriter, r *http.Request, requestID string, status int, msg string, cause error,
+) error {
 	fields := []zap.Field{
 		zap.String("project", p.name),
 		zap.Int("status", status),

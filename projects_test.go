@@ -84,7 +84,10 @@ func TestSelectCriteria(t *testing.T) {
 		{Project: "admin", When: &WhenConfig{HostEquals: "admin.example.com"}},
 		{Project: "docs", When: &WhenConfig{HostPrefix: "docs."}},
 		{Project: "eu", When: &WhenConfig{HostSuffix: ".example.eu"}},
-		{Project: "beta", When: &WhenConfig{Header: map[string]string{"X-Api-Version": "beta", "Authorization": "Bearer .*"}}},
+		{
+			Project: "beta",
+			When:    &WhenConfig{Header: map[string]string{"X-Api-Version": "beta", "Authorization": "Bearer .*"}},
+		},
 		{Project: "main", Default: true},
 	}
 	rt := testRouter(t, rules, "v2", "admin", "docs", "eu", "beta", "main")
@@ -142,7 +145,11 @@ func TestSelectWithCaddyMatchers(t *testing.T) {
 	rules := []SelectRule{
 		{Project: "q", MatchRaw: []caddy.ModuleMap{{"query": json.RawMessage(`{"tenant":["q"]}`)}}},
 		{Project: "re", MatchRaw: []caddy.ModuleMap{{"path_regexp": json.RawMessage(`{"pattern":"^/t/[0-9]+$"}`)}}},
-		{Project: "both", When: &WhenConfig{Method: "PUT"}, MatchRaw: []caddy.ModuleMap{{"path": json.RawMessage(`["/put/*"]`)}}},
+		{
+			Project:  "both",
+			When:     &WhenConfig{Method: "PUT"},
+			MatchRaw: []caddy.ModuleMap{{"path": json.RawMessage(`["/put/*"]`)}},
+		},
 	}
 	rt := testRouter(t, rules, "q", "re", "both")
 	for _, tc := range []struct{ method, target, want string }{
@@ -168,11 +175,15 @@ func TestSelectRejectsBadRules(t *testing.T) {
 		want  string
 	}{
 		{"unknown project", []SelectRule{{Project: "zz", Default: true}}, `select[0]: unknown project "zz"; configured: a`},
-		{"two defaults", []SelectRule{{Project: "a", Default: true}, {Project: "a", Default: true}}, "more than one default rule"},
+		{"two defaults", []SelectRule{{Project: "a", Default: true}, {Project: "a", Default: true}},
+			"more than one default rule"},
 		{"no criteria", []SelectRule{{Project: "a"}}, "a rule needs criteria"},
-		{"default with criteria", []SelectRule{{Project: "a", Default: true, When: &WhenConfig{Method: "GET"}}}, "a default rule has no criteria"},
-		{"bad regexp", []SelectRule{{Project: "a", When: &WhenConfig{Header: map[string]string{"X": "("}}}}, "bad regular expression"},
-		{"bad prefix", []SelectRule{{Project: "a", When: &WhenConfig{PathPrefix: "api"}}}, "path_prefix: must start with '/'"},
+		{"default with criteria", []SelectRule{{Project: "a", Default: true, When: &WhenConfig{Method: "GET"}}},
+			"a default rule has no criteria"},
+		{"bad regexp", []SelectRule{{Project: "a", When: &WhenConfig{Header: map[string]string{"X": "("}}}},
+			"bad regular expression"},
+		{"bad prefix", []SelectRule{{Project: "a", When: &WhenConfig{PathPrefix: "api"}}},
+			"path_prefix: must start with '/'"},
 	} {
 		_, err := newRouter(ctx, tc.rules, projects)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -257,7 +268,8 @@ func TestCaddyfileProjectsAndSelect(t *testing.T) {
 		"oxian_hv {\n select {\n a {\n bogus 1\n }\n }\n}",
 	} {
 		err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
-		if err == nil || !strings.Contains(err.Error(), "unknown subdirective 'bogus'") || !strings.Contains(err.Error(), "allowed:") {
+		if err == nil || !strings.Contains(err.Error(), "unknown subdirective 'bogus'") ||
+			!strings.Contains(err.Error(), "allowed:") {
 			t.Errorf("%q: error %v", input, err)
 		}
 	}
@@ -346,8 +358,10 @@ func TestProjectsConfigErrors(t *testing.T) {
 		{`{"handler":"oxian_hv","projects":{"a":{}}}`, "project a: command: required"},
 		{`{"handler":"oxian_hv","command":["x"],"project":"p","projects":{"a":{}}}`, "with projects, drop it"},
 		{`{"handler":"oxian_hv","command":["x"],"select":[{"project":"a","default":true}]}`, "select: rules need projects"},
-		{`{"handler":"oxian_hv","command":["x"],"projects":{"a":{"routing":{"base_path":"api"}}}}`, "routing.base_path: must start with '/'"},
-		{`{"handler":"oxian_hv","command":["x"],"projects":{"a":{"strategy":"nope"}}}`, `project a: strategy: unknown strategy "nope"`},
+		{`{"handler":"oxian_hv","command":["x"],"projects":{"a":{"routing":{"base_path":"api"}}}}`,
+			"routing.base_path: must start with '/'"},
+		{`{"handler":"oxian_hv","command":["x"],"projects":{"a":{"strategy":"nope"}}}`,
+			`project a: strategy: unknown strategy "nope"`},
 	} {
 		err := caddy.Validate(mustConfig(t, jsonConfig(tc.handler)))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

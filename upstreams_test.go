@@ -34,7 +34,8 @@ func TestWarmAddrs(t *testing.T) {
 	share := func(i int) float64 { return shares[i] }
 
 	// a draw below a worker's share keeps it
-	if got := warmAddrs(addrs, share, func() float64 { return 0.4 }); len(got) != 2 || got[0] != "warm" || got[1] != "half" {
+	if got := warmAddrs(addrs, share, func() float64 { return 0.4 }); len(got) != 2 ||
+		got[0] != "warm" || got[1] != "half" {
 		t.Errorf("draw 0.4: %v", got)
 	}
 	if got := warmAddrs(addrs, share, func() float64 { return 0.6 }); len(got) != 1 || got[0] != "warm" {

@@ -54,7 +54,8 @@ func TestNewValidation(t *testing.T) {
 		{"negative target", Config{Max: 1, TargetInflightPerWorker: -1}, []string{"target_inflight_per_worker"}},
 		{"NaN target", Config{Max: 1, TargetInflightPerWorker: math.NaN()}, []string{"target_inflight_per_worker"}},
 		{"infinite target", Config{Max: 1, TargetInflightPerWorker: math.Inf(1)}, []string{"target_inflight_per_worker"}},
-		{"negative max_avg_latency", Config{Max: 1, MaxAvgLatency: -time.Millisecond}, []string{"max_avg_latency must not be negative, got -1ms"}},
+		{"negative max_avg_latency", Config{Max: 1, MaxAvgLatency: -time.Millisecond},
+			[]string{"max_avg_latency must not be negative, got -1ms"}},
 		{"negative scale_up_cooldown", Config{Max: 1, ScaleUpCooldown: -1}, []string{"scale_up_cooldown"}},
 		{"negative scale_down_cooldown", Config{Max: 1, ScaleDownCooldown: -1}, []string{"scale_down_cooldown"}},
 		{"negative stable_window", Config{Max: 1, StableWindow: -1}, []string{"stable_window"}},
@@ -200,13 +201,16 @@ func TestLatencyTrigger(t *testing.T) {
 		step(t, p, Observation{At: at(0), Ready: 2, Inflight: 4, Completed: 10, LatencySum: 1800 * time.Millisecond},
 			3, "latency 180ms > 100ms", false)
 		// Judged on what came after the scale-up: 150ms, inside the cooldown.
-		step(t, p, Observation{At: at(10 * time.Second), Ready: 3, Inflight: 4, Completed: 10, LatencySum: 1500 * time.Millisecond},
+		step(t, p,
+			Observation{At: at(10 * time.Second), Ready: 3, Inflight: 4, Completed: 10, LatencySum: 1500 * time.Millisecond},
 			3, "latency 150ms > 100ms; cooldown 20s left", false)
 		// After the cooldown: (1500+600)ms/20 = 105ms, still too slow.
-		step(t, p, Observation{At: at(30 * time.Second), Ready: 3, Inflight: 4, Completed: 10, LatencySum: 600 * time.Millisecond},
+		step(t, p,
+			Observation{At: at(30 * time.Second), Ready: 3, Inflight: 4, Completed: 10, LatencySum: 600 * time.Millisecond},
 			4, "latency 105ms > 100ms", false)
 		// Fast again: no scale-up (and a scale-down waits for its cooldown).
-		step(t, p, Observation{At: at(60 * time.Second), Ready: 4, Inflight: 4, Completed: 10, LatencySum: 500 * time.Millisecond},
+		step(t, p,
+			Observation{At: at(60 * time.Second), Ready: 4, Inflight: 4, Completed: 10, LatencySum: 500 * time.Millisecond},
 			4, "cooldown", false)
 	})
 	t.Run("ignores slow requests on idle workers", func(t *testing.T) {
@@ -233,9 +237,12 @@ func TestLatencyTrigger(t *testing.T) {
 	})
 	t.Run("old samples leave the window", func(t *testing.T) {
 		p := mustNew(t, cfg)
-		step(t, p, Observation{At: at(0), Ready: 2, Inflight: 4, Completed: 10, LatencySum: 3 * time.Second}, 3, "latency 300ms", false)
+		step(t, p, Observation{At: at(0), Ready: 2, Inflight: 4, Completed: 10, LatencySum: 3 * time.Second},
+			3, "latency 300ms", false)
 		// 61s later: the slow sample is out of the stable window.
-		step(t, p, Observation{At: at(61 * time.Second), Ready: 3, Inflight: 4, Completed: 10, LatencySum: 500 * time.Millisecond}, 2, "load fits in 2 workers", false)
+		step(t, p,
+			Observation{At: at(61 * time.Second), Ready: 3, Inflight: 4, Completed: 10, LatencySum: 500 * time.Millisecond},
+			2, "load fits in 2 workers", false)
 	})
 }
 
@@ -266,7 +273,8 @@ func TestBurstCappedAtMax(t *testing.T) {
 func TestStartingCap(t *testing.T) {
 	p := mustNew(t, Config{Min: 1, Max: 10})
 	// Wants 5 workers but at most 2 may start at once.
-	step(t, p, Observation{At: at(0), Ready: 1, Inflight: 50}, 3, "burst: inflight 50.0 per worker > 20; starting cap 2", true)
+	step(t, p, Observation{At: at(0), Ready: 1, Inflight: 50},
+		3, "burst: inflight 50.0 per worker > 20; starting cap 2", true)
 	step(t, p, Observation{At: at(time.Second), Ready: 1, Starting: 2, Inflight: 50}, 3, "starting cap 2", true)
 	step(t, p, Observation{At: at(2 * time.Second), Ready: 2, Starting: 1, Inflight: 50}, 4, "starting cap 2", true)
 	step(t, p, Observation{At: at(3 * time.Second), Ready: 4, Inflight: 50}, 5, "burst", true)
@@ -284,7 +292,9 @@ func TestIdleAndWake(t *testing.T) {
 		step(t, p, Observation{At: at(6 * time.Minute), LastRequest: at(0)}, 0, "idle for 6m0s", false)
 		// A request arrives: wake to Min.
 		step(t, p, Observation{At: at(7 * time.Minute), Inflight: 1, LastRequest: at(7 * time.Minute)}, 2, "wake", false)
-		step(t, p, Observation{At: at(7*time.Minute + time.Second), Starting: 2, Inflight: 1, LastRequest: at(7 * time.Minute)}, 2, "at min 2", false)
+		step(t, p,
+			Observation{At: at(7*time.Minute + time.Second), Starting: 2, Inflight: 1, LastRequest: at(7 * time.Minute)},
+			2, "at min 2", false)
 	})
 	t.Run("wake on a request that came and went", func(t *testing.T) {
 		p := mustNew(t, cfg)
@@ -298,14 +308,16 @@ func TestIdleAndWake(t *testing.T) {
 		p := mustNew(t, Config{Min: 0, Max: 10, IdleTTL: time.Minute})
 		step(t, p, Observation{At: at(0), Ready: 1}, 1, "", false)
 		step(t, p, Observation{At: at(time.Minute), Ready: 1}, 0, "idle for 1m0s", false)
-		step(t, p, Observation{At: at(2 * time.Minute), Inflight: 45, LastRequest: at(2 * time.Minute)}, 2, "wake; starting cap 2", false)
+		step(t, p, Observation{At: at(2 * time.Minute), Inflight: 45, LastRequest: at(2 * time.Minute)},
+			2, "wake; starting cap 2", false)
 	})
 	t.Run("in-flight stream keeps the pool awake", func(t *testing.T) {
 		p := mustNew(t, cfg)
 		step(t, p, Observation{At: at(0), Ready: 2, Inflight: 1, LastRequest: at(0)}, 2, "", false)
 		step(t, p, Observation{At: at(time.Hour), Ready: 2, Inflight: 1, LastRequest: at(0)}, 2, "", false)
 		step(t, p, Observation{At: at(time.Hour + time.Second), Ready: 2, LastRequest: at(time.Hour)}, 2, "", false)
-		step(t, p, Observation{At: at(time.Hour + 5*time.Minute), Ready: 2, LastRequest: at(time.Hour)}, 0, "idle for 5m0s", false)
+		step(t, p, Observation{At: at(time.Hour + 5*time.Minute), Ready: 2, LastRequest: at(time.Hour)},
+			0, "idle for 5m0s", false)
 	})
 	t.Run("never served counts from the first observation", func(t *testing.T) {
 		p := mustNew(t, cfg)
@@ -318,7 +330,8 @@ func TestIdleAndWake(t *testing.T) {
 		step(t, p, Observation{At: at(0), Ready: 1, Inflight: 100, LastRequest: at(0)}, 3, "burst", true)
 		step(t, p, Observation{At: at(10 * time.Second), Ready: 3, LastRequest: at(0)}, 0, "idle for 10s", false)
 		step(t, p, Observation{At: at(11 * time.Second), Inflight: 1, LastRequest: at(11 * time.Second)}, 1, "wake", false)
-		step(t, p, Observation{At: at(12 * time.Second), Starting: 1, Inflight: 1, LastRequest: at(11 * time.Second)}, 1, "", false)
+		step(t, p, Observation{At: at(12 * time.Second), Starting: 1, Inflight: 1, LastRequest: at(11 * time.Second)},
+			1, "", false)
 	})
 	t.Run("off", func(t *testing.T) {
 		p := mustNew(t, Config{Min: 1, Max: 10})
@@ -379,13 +392,16 @@ func TestRingWraps(t *testing.T) {
 	p := mustNew(t, Config{Max: 1, StableWindow: 24 * time.Hour, BurstWindow: time.Second})
 	const n = maxSamples + 904
 	for i := range n {
-		p.Observe(Observation{At: at(time.Duration(i) * time.Second), Ready: 1, Inflight: i, Completed: 1, LatencySum: time.Millisecond})
+		p.Observe(Observation{
+			At: at(time.Duration(i) * time.Second), Ready: 1, Inflight: i, Completed: 1, LatencySum: time.Millisecond,
+		})
 	}
 	if p.samples.n != maxSamples || len(p.samples.buf) != maxSamples {
 		t.Fatalf("ring holds %d in %d slots, want %d", p.samples.n, len(p.samples.buf), maxSamples)
 	}
 	avg, completed, sum := p.samples.window(time.Time{})
-	if want := float64(n-maxSamples+n-1) / 2; avg != want || completed != maxSamples || sum != maxSamples*time.Millisecond {
+	if want := float64(n-maxSamples+n-1) / 2; avg != want || completed != maxSamples ||
+		sum != maxSamples*time.Millisecond {
 		t.Errorf("window = %v, %d, %s; want %v, %d, %s", avg, completed, sum, want, maxSamples, maxSamples*time.Millisecond)
 	}
 	// The window drops samples outside it.
@@ -425,7 +441,9 @@ func (s *pool) tick(inflight int) Decision {
 		s.lastReq = now
 	}
 	cur := s.ready + len(s.starting)
-	d := s.p.Observe(Observation{At: now, Ready: s.ready, Starting: len(s.starting), Inflight: inflight, LastRequest: s.lastReq})
+	d := s.p.Observe(Observation{
+		At: now, Ready: s.ready, Starting: len(s.starting), Inflight: inflight, LastRequest: s.lastReq,
+	})
 	switch {
 	case d.Target > cur:
 		for range d.Target - cur {

@@ -150,7 +150,9 @@ type Recorder struct {
 }
 
 // Select implements reverseproxy.Selector.
-func (rec *Recorder) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+func (rec *Recorder) Select(
+	pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter,
+) *reverseproxy.Upstream {
 	up := rec.Inner.Select(pool, r, w)
 	if up == nil {
 		return nil

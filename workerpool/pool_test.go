@@ -221,7 +221,8 @@ func TestPoolRestartsKilledWorker(t *testing.T) {
 	if restarting.get(1) != 1 || restarting.get(0) != 0 {
 		t.Errorf("restarting hook calls: %v", restarting.calls)
 	}
-	eventually(t, 5*time.Second, func() bool { return ready.get(1) == 2 }, "ready hook for worker 1 called %d times", ready.get(1))
+	eventually(t, 5*time.Second, func() bool { return ready.get(1) == 2 },
+		"ready hook for worker 1 called %d times", ready.get(1))
 	if who := whoami(t, p.Ready()[1].Addr()); who.PID != st.PID || who.Worker != "1" {
 		t.Errorf("restarted worker says %+v, status %+v", who, st)
 	}
@@ -492,7 +493,8 @@ func TestPoolReconfigureScalesInPlace(t *testing.T) {
 		t.Errorf("worker 0 replaced when scaling down: pid %d -> %d", before[0], got)
 	}
 	for i := 1; i < 4; i++ {
-		eventually(t, 5*time.Second, func() bool { return processGone(after[i]) }, "scaled-down worker %d (pid %d) still runs", i, after[i])
+		eventually(t, 5*time.Second, func() bool { return processGone(after[i]) },
+			"scaled-down worker %d (pid %d) still runs", i, after[i])
 	}
 
 	// Scale does the same

@@ -71,10 +71,12 @@ func main() {
 	flag.StringVar(&o.app, "app", "", "a built caddy-examples/app (default: build one)")
 	flag.DurationVar(&o.poll, "poll", 200*time.Microsecond, "poll interval while the app alone starts")
 	flag.DurationVar(&o.idleTTL, "idle-ttl", 300*time.Millisecond, "idle_ttl of the pool")
-	flag.DurationVar(&o.settle, "settle", 50*time.Millisecond, "quiet time before each cold request, after the last app process exited")
+	flag.DurationVar(&o.settle, "settle", 50*time.Millisecond,
+		"quiet time before each cold request, after the last app process exited")
 	flag.DurationVar(&o.deadline, "timeout", 3*time.Minute, "limit on the whole run")
 	flag.BoolVar(&o.verbose, "v", false, "print every sample")
-	flag.StringVar(&o.logLevel, "log-level", "ERROR", "Caddy's log level (INFO logs the worker's spawn and readiness, to caddy.log in the temporary directory)")
+	flag.StringVar(&o.logLevel, "log-level", "ERROR",
+		"Caddy's log level (INFO logs the worker's spawn and readiness, to caddy.log in the temporary directory)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	flag.Parse()
 	if o.n < 1 {
