@@ -47,7 +47,7 @@ func buildCaddy(t *testing.T) string {
 type caddyProcess struct {
 	cmd    *exec.Cmd
 	base   string
-	output *bytes.Buffer
+	output *lockedWriter
 	exited chan error
 }
 
@@ -67,11 +67,11 @@ func runCaddy(t *testing.T, dir string, directives string, n int) *caddyProcess 
 	cp := &caddyProcess{
 		cmd:    exec.Command(bin, "run", "--config", caddyfile, "--adapter", "caddyfile"),
 		base:   fmt.Sprintf("http://127.0.0.1:%d", port),
-		output: new(bytes.Buffer),
+		output: &lockedWriter{w: new(bytes.Buffer)},
 		exited: make(chan error, 1),
 	}
 	cp.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	cp.cmd.Stdout, cp.cmd.Stderr = &lockedWriter{w: cp.output}, &lockedWriter{w: cp.output}
+	cp.cmd.Stdout, cp.cmd.Stderr = cp.output, cp.output
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func runCaddy(t *testing.T, dir string, directives string, n int) *caddyProcess 
 	t.Cleanup(func() {
 		_ = cp.cmd.Process.Kill()
 		if t.Failed() {
-			t.Logf("caddy output:\n%s", cp.output)
+			t.Logf("caddy output:\n%s", cp.output.String())
 		}
 	})
 
@@ -116,10 +116,18 @@ func (cp *caddyProcess) workerPIDs(t *testing.T) []int {
 	return pids
 }
 
-// lockedWriter serializes writes of two streams into one buffer.
+// lockedWriter serializes writes of two streams into one buffer, and
+// reads of it.
 type lockedWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	w  *bytes.Buffer
+}
+
+// String returns what was written so far.
+func (lw *lockedWriter) String() string {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.w.String()
 }
 
 func (lw *lockedWriter) Write(p []byte) (int, error) {
