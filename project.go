@@ -224,8 +224,8 @@ func (p *project) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	// cannot answer soon: say so at once
 	pool := p.handle.pool.Load()
 	if pool != nil {
-		pool.RequestStarted()
-		defer func() { pool.RequestDone(time.Since(began)) }()
+		pool.RequestStarted(began)
+		defer func() { pool.RequestDone(began, time.Since(began)) }()
 		if len(pool.Ready()) == 0 {
 			pool.Wake()
 		}

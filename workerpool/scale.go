@@ -21,16 +21,17 @@ type load struct {
 	lastRequest atomic.Int64 // unix nanoseconds
 }
 
-// RequestStarted notes that a request for the pool arrived.
-func (p *Pool) RequestStarted() {
-	p.load.lastRequest.Store(time.Now().UnixNano())
+// RequestStarted notes that a request for the pool arrived at began.
+func (p *Pool) RequestStarted(began time.Time) {
+	p.load.lastRequest.Store(began.UnixNano())
 }
 
-// RequestDone notes that a request for the pool ended after took.
-func (p *Pool) RequestDone(took time.Duration) {
+// RequestDone notes that a request for the pool that arrived at began
+// ended after took.
+func (p *Pool) RequestDone(began time.Time, took time.Duration) {
 	p.load.completed.Add(1)
 	p.load.latencySum.Add(int64(took))
-	p.load.lastRequest.Store(time.Now().UnixNano())
+	p.load.lastRequest.Store(began.Add(took).UnixNano())
 }
 
 // EnterQueue counts a request that waits for a ready worker, unless max
